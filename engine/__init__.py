@@ -1,0 +1,1 @@
+"""Engine: model, router, expert adapters, KV sessions, worker thread, grounded answers."""

@@ -1,0 +1,3 @@
+from hexcore.cli import run
+
+run()

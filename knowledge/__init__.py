@@ -1,0 +1,1 @@
+"""Knowledge layer: Comprehensive Rules, card data, knowledge graph, vector index, hybrid retrieval."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: the real data in ../shared/data (or HEXCORE_DATA_DIR) and a throwaway state dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hexcore.settings import PathSettings, Settings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = PathSettings().data_dir
+    if not (path / "rules").is_dir():
+        pytest.skip(f"rules data not found in {path}; set HEXCORE_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rules_dir(data_dir: Path) -> Path:
+    return data_dir / "rules"
+
+
+@pytest.fixture(scope="session")
+def cards_dir(data_dir: Path) -> Path:
+    return data_dir / "cards"
+
+
+@pytest.fixture(scope="session")
+def latest_rules_path(rules_dir: Path) -> Path:
+    return rules_dir / "2026-01-16.txt"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, data_dir: Path) -> Settings:
+    """Settings pointing at the real data and a fresh state dir under tmp_path."""
+    return Settings(paths=PathSettings(data_dir=data_dir, state_dir=tmp_path / "state"))
