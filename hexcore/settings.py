@@ -40,10 +40,19 @@ class PathSettings(BaseSettings):
     rules_release: str | None = None
     """Rules release to serve (file stem, e.g. 2026-01-16); default the newest in data_dir/rules."""
 
+    model_cache: Path | None = None
+    """Converted embedded model (safetensors + tokenizer); default state_dir/models/smollm2-135m-instruct."""
+
     @field_validator("data_dir", "state_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        if self.model_cache is not None:
+            return self.model_cache.expanduser().resolve()
+        return self.state_dir / "models" / "smollm2-135m-instruct"
 
     @property
     def rules_dir(self) -> Path:
@@ -67,6 +76,10 @@ class KnowledgeSettings(BaseSettings):
     cache_size: int = Field(2048, ge=0)
     cache_ttl_s: float = Field(3600.0, gt=0)
     context_tokens: int = Field(1200, ge=64)
+    rules_page_url: str = "https://magic.wizards.com/en/rules"
+    """Page that links the current Comprehensive Rules .txt (``hexcore data update``)."""
+    scryfall_bulk_url: str = "https://api.scryfall.com/bulk-data"
+    """Scryfall bulk-data index; its ``oracle_cards`` and ``rulings`` entries are downloaded."""
 
 
 class EngineSettings(BaseSettings):
@@ -88,7 +101,8 @@ class EngineSettings(BaseSettings):
     session_ttl_s: float = Field(1800.0, gt=0)
     max_sessions: int = Field(256, ge=1)
     adapters_on_device: int = Field(5, ge=1)
-    router_threshold: float = Field(0.35, ge=0, le=1)
+    router_threshold: float = Field(0.4, ge=0, le=1)
+    """Per-expert selection threshold of the router (sigmoid score); 0.4 measured best on held-out examples."""
 
 
 class BotSettings(BaseSettings):
@@ -104,6 +118,8 @@ class BotSettings(BaseSettings):
     cooldown_s: float = Field(5.0, ge=0)
     stream_edit_interval_s: float = Field(1.0, ge=0.2)
     streaming: bool = True
+    answer_timeout_s: float = Field(600.0, gt=0, le=840)
+    """Wall-time cap on one answer; below the 15-minute interaction token, which also bounds it."""
 
 
 class DiscordSecrets(BaseSettings):

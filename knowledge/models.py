@@ -44,6 +44,16 @@ class Passage:
     """Heading that gives the passage context, e.g. "702.19 Trample" for rule 702.19b."""
 
 
+@dataclass(frozen=True, slots=True)
+class RetrievalResult:
+    """One retrieved passage with its fused relevance score and the retrieval stages that found it."""
+
+    passage: Passage
+    score: float
+    sources: frozenset[str] = frozenset()
+    """Subset of {"exact", "vector", "bm25", "graph"}."""
+
+
 @dataclass(slots=True)
 class Rule:
     number: str
