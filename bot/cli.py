@@ -1,0 +1,95 @@
+"""``hexcore bot``: run the Discord bot on the local engine.
+
+Heavy imports (discord, the engine) happen inside the command so ``hexcore --help`` stays instant. A
+missing token is one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+log = logging.getLogger(__name__)
+
+TOKEN_HELP = "set DISCORD_TOKEN in the environment or in bot.env (DISCORD_TOKEN=...)"
+
+
+def read_token() -> str:
+    """The bot token from ``DISCORD_TOKEN`` (environment or bot.env); exits 2 with one line when missing."""
+    from pydantic import ValidationError
+
+    from hexcore.settings import DiscordSecrets
+
+    try:
+        token = DiscordSecrets().discord_token.get_secret_value().strip()
+    except ValidationError:
+        token = ""
+    if not token:
+        fail(f"error: no Discord bot token: {TOKEN_HELP}")
+    return token
+
+
+def fail(line: str) -> None:
+    click.echo(line, err=True)
+    sys.exit(2)
+
+
+async def _optional_service(module: str, factory: str, *args: Any) -> Any:
+    """``module.factory(*args)`` (awaited when async) if that module exists yet, else None."""
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name == module:
+            return None
+        raise
+    make = getattr(mod, factory, None)
+    if make is None:
+        return None
+    result = make(*args)
+    return await result if asyncio.iscoroutine(result) else result
+
+
+async def run_bot(token: str) -> None:
+    import discord
+    from engine.local import LocalEngine  # the real engine; imported here: it loads torch
+
+    from bot.client import HexcoreBot
+    from hexcore.settings import get_settings
+
+    settings = get_settings()
+    engine = LocalEngine(settings)
+    await engine.start()
+    store = await _optional_service("bot.storage", "open_store", settings)
+    scheduler = await _optional_service("bot.scheduler", "build_scheduler", settings, engine, store)
+    bot = HexcoreBot(engine, settings, store=store, scheduler=scheduler)
+    try:
+        async with bot:
+            await bot.start(token)
+    except discord.LoginFailure:
+        fail(f"error: Discord rejected the bot token: {TOKEN_HELP}")
+    except discord.PrivilegedIntentsRequired:
+        fail("error: enable the Message Content intent for this bot in the Discord developer portal")
+    finally:
+        if store is not None and hasattr(store, "close"):
+            await store.close()
+        await engine.close()
+
+
+def register(main: click.Group, eval_group: click.Group) -> None:
+    @main.command(name="bot")
+    def bot_command() -> None:
+        """Run the Discord bot (needs DISCORD_TOKEN)."""
+        token = read_token()
+        from knowledge.errors import DataMissing
+
+        try:
+            asyncio.run(run_bot(token))
+        except DataMissing as exc:
+            fail(f"error: {exc}")
+        except KeyboardInterrupt:
+            pass
