@@ -75,6 +75,8 @@ async def run_bot(token: str) -> None:
     except discord.PrivilegedIntentsRequired:
         fail("error: enable the Message Content intent for this bot in the Discord developer portal")
     finally:
+        if scheduler is not None and hasattr(scheduler, "close"):  # before the store: a run records its end
+            await scheduler.close()
         if store is not None and hasattr(store, "close"):
             await store.close()
         await engine.close()
