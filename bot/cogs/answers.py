@@ -210,6 +210,7 @@ class Answers(commands.Cog):
                 answer.text,
                 [e.value for e in answer.experts],
                 [c.label() for c in answer.citations],
+                latency_ms=answer.timings_ms.get("total"),
             )
             self.bot.background.spawn(write, name=f"store-answer-{record.answer_id}")
         return outcome

@@ -276,26 +276,37 @@ class RecordingStore:
         self.answers: list[tuple] = []
         self.votes: list[tuple] = []
 
-    async def record_answer(self, *args) -> None:
+    async def record_answer(self, *args, **kwargs) -> None:
         self.answers.append(args)
 
     async def record_vote(self, *args) -> None:
         self.votes.append(args)
 
 
-async def test_answers_and_votes_are_stored(harness, engine):
-    store = harness.bot.store = RecordingStore()
-    rec = await harness.slash("explain", question=QUESTION)
-    await harness.settle()  # answers are stored in the background
-    answer_id, guild_id, channel_id, user_id, command, question, text, experts, citations = store.answers[0]
-    assert answer_id == str(rec.original.id) and command == "explain" and question == QUESTION
-    assert (guild_id, channel_id, user_id) == (harness.guild.id, harness.channel.id, harness.members[0].id)
-    assert experts == ["explain"] and citations == ["CR 702.19b (2026-01-16)"] and text.startswith("Trample")
-    vote = await harness.click(rec.original, views.UNHELPFUL_ID, user=1)
-    assert store.votes == [(str(rec.original.id), harness.members[1].id, -1, "button")]
-    assert vote.original.ephemeral
-    await harness.click(rec.original, views.HELPFUL_ID, user=2)
-    assert store.votes[-1][2] == 1
+async def test_answers_and_votes_are_stored(harness, engine, tmp_path):
+    from bot.storage import FeedbackStore
+
+    store = harness.bot.store = await FeedbackStore.open(tmp_path / "feedback.sqlite3")
+    try:
+        rec = await harness.slash("explain", question=QUESTION)
+        await harness.settle()  # answers are stored in the background
+        answer_id = str(rec.original.id)
+        assert await store.is_answer(answer_id)
+        vote = await harness.click(rec.original, views.UNHELPFUL_ID, user=1)
+        assert vote.original.ephemeral
+        assert [(v.user_id, v.value, v.source) for v in await store.votes(answer_id)] == [
+            (harness.members[1].id, -1, "button")
+        ]
+        await harness.click(rec.original, views.HELPFUL_ID, user=1)  # a changed vote replaces the old one
+        await harness.click(rec.original, views.HELPFUL_ID, user=2)
+        assert sorted(v.value for v in await store.votes(answer_id)) == [1, 1]
+        [row] = await store.export_training_examples()
+        assert row["question"] == QUESTION and row["experts"] == ["explain"]
+        assert row["citations"] == ["CR 702.19b (2026-01-16)"] and row["answer"].startswith("Trample")
+        assert row["score"] == 2
+        assert (await store.recent_latencies()) != []
+    finally:
+        await store.close()
 
 
 async def test_votes_without_a_store_are_acknowledged(harness):
@@ -340,7 +351,7 @@ async def test_remembered_answers_are_bounded(harness, monkeypatch):
 
 async def test_a_failing_store_does_not_break_answering(harness, caplog):
     class BrokenStore(RecordingStore):
-        async def record_answer(self, *args) -> None:
+        async def record_answer(self, *args, **kwargs) -> None:
             raise OSError("database is locked")
 
     harness.bot.store = BrokenStore()
