@@ -90,6 +90,15 @@ class EngineSettings(BaseSettings):
     backend: str = "local"
     """``local`` (in-process transformers) or ``remote`` (OpenAI-compatible server)."""
     remote_url: str | None = None
+    """OpenAI-compatible server for ``backend=remote``, e.g. ``http://gpu-host:8000/v1`` (see engine.remote)."""
+    remote_model: str | None = None
+    """Served name of the base model (no expert); default: the model ``/v1/models`` lists without a parent."""
+    remote_api_key: SecretStr | None = None
+    remote_connect_timeout_s: float = Field(3.0, gt=0)
+    remote_read_timeout_s: float = Field(60.0, gt=0)
+    """Longest silence while waiting for the server's next bytes, the first token included."""
+    remote_retries: int = Field(3, ge=0, le=10)
+    """Retries of connection errors, 429 and 5xx before the first token (never after)."""
     dtype: str = "bfloat16"
     quantization: str | None = None
     """``4bit`` or ``8bit`` (bitsandbytes, CUDA)."""
