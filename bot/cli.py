@@ -65,7 +65,9 @@ async def run_bot(token: str) -> None:
     engine = LocalEngine(settings)
     await engine.start()
     store = await _optional_service("bot.storage", "open_store", settings)
-    scheduler = await _optional_service("bot.scheduler", "build_scheduler", settings, engine, store)
+    scheduler = None
+    if settings.bot.is_primary:  # retraining and warm-up run once per deployment, not once per process
+        scheduler = await _optional_service("bot.scheduler", "build_scheduler", settings, engine, store)
     bot = HexcoreBot(engine, settings, store=store, scheduler=scheduler)
     try:
         async with bot:

@@ -79,7 +79,8 @@ class HexcoreBot(commands.AutoShardedBot):
         await self.load_extensions()
         for factory in self.view_factories:
             self.add_view(factory())
-        await self.sync_commands()
+        if self.settings.bot.is_primary:  # one process of a sharded deployment syncs, not each of them
+            await self.sync_commands()
 
     async def load_extensions(self) -> None:
         for name in EXTENSIONS:

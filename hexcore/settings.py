@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -120,13 +120,42 @@ class BotSettings(BaseSettings):
     owner_id: int | None = None
     dev_guild_id: int | None = None
     """Sync commands to this guild only (instant, for development); unset = global sync."""
-    shard_count: int | None = None
+    shard_count: int | None = Field(None, ge=1)
     shard_ids: list[int] | None = None
+    """Shards this process runs (``0,1`` or ``[0,1]``); needs shard_count. Unset: all shards."""
+    primary: bool | None = None
+    """Whether this process syncs slash commands and runs the scheduled jobs (retraining, warm-up).
+    Default: the process that runs shard 0 (or all shards). Exactly one process should."""
     database: Path | None = None
     """SQLite feedback database; default state_dir/feedback.sqlite3."""
     cooldown_s: float = Field(5.0, ge=0)
     stream_edit_interval_s: float = Field(1.0, ge=0.2)
     streaming: bool = True
+    @field_validator("shard_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [int(part) for part in value.replace(" ", "").split(",") if part]
+        return value
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> BotSettings:
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ValueError("HEXCORE_BOT_SHARD_IDS needs HEXCORE_BOT_SHARD_COUNT (the total number of shards)")
+            if len(set(self.shard_ids)) != len(self.shard_ids):
+                raise ValueError(f"HEXCORE_BOT_SHARD_IDS has duplicates: {self.shard_ids}")
+            bad = [i for i in self.shard_ids if not 0 <= i < self.shard_count]
+            if bad:
+                raise ValueError(f"shard ids {bad} are outside 0..{self.shard_count - 1}")
+        return self
+
+    @property
+    def is_primary(self) -> bool:
+        if self.primary is not None:
+            return self.primary
+        return self.shard_ids is None or 0 in self.shard_ids
+
     answer_timeout_s: float = Field(600.0, gt=0, le=840)
     """Wall-time cap on one answer; below the 15-minute interaction token, which also bounds it."""
 

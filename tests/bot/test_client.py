@@ -78,6 +78,12 @@ async def test_commands_sync_to_the_dev_guild(harness):
     assert {"ask", "rule"} <= {c["name"] for c in harness.synced[123456789012345678]}
 
 
+@pytest.mark.parametrize("bot_settings", [{"shard_count": 4, "shard_ids": [2, 3]}], indirect=True)
+async def test_a_secondary_shard_process_does_not_sync_commands(harness):
+    assert harness.synced == {} and harness.bot.synced_commands == []
+    assert "ask" in {c.name for c in harness.bot.tree.get_commands()}  # the commands still work here
+
+
 async def test_no_mentions_by_default_and_the_right_intents(engine, bot_config):
     bot = HexcoreBot(engine, bot_config)
     assert bot.allowed_mentions.to_dict() == {"parse": []}
