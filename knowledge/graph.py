@@ -21,7 +21,8 @@ ability or action listed in its Scryfall keywords, or a keyword ability named in
 ability word heading one of its abilities, or the card-kind chapter its layout belongs to).
 
 Oracle text is matched on word boundaries, longest name first, without reminder text and without the card's
-own name; glossary terms that are everyday game words ("creature", "target", "you") are not linked.
+own name; glossary terms that are everyday game words ("creature", "target", "you") are not linked. The
+vocabulary and the matching rules live in :mod:`knowledge.vocabulary`; this module owns nodes and edges.
 """
 
 from __future__ import annotations
@@ -41,6 +42,17 @@ from knowledge.errors import KnowledgeError, UnknownCard, UnknownRule
 from knowledge.models import Card, RulesDocument
 from knowledge.rules import normalize_number, normalize_term, rule_sort_key
 from knowledge.rules_diff import diff_signatures, signatures
+from knowledge.vocabulary import (
+    LAYOUT_MECHANICS,
+    ability_word_heads,
+    build_phrases,
+    card_text,
+    keyword_node,
+    name_key,
+    phrase_node,
+    phrase_pattern,
+    vocabulary,
+)
 
 __all__ = ["KnowledgeGraph", "NoPath", "UnknownEntity", "REL"]
 
@@ -71,93 +83,10 @@ class REL:
 
 _RULE_RELS = (REL.REFERENCES, REL.HAS_SUBRULE)
 _CARD_RELS = (REL.HAS_KEYWORD, REL.MENTIONS_TERM, REL.HAS_MECHANIC)
-_EXCLUDED_CHAPTERS = {"731", "732"}
-_LAYOUT_MECHANICS = {
-    "split": "split cards",
-    "flip": "flip cards",
-    "leveler": "leveler cards",
-    "transform": "double-faced cards",
-    "modal_dfc": "double-faced cards",
-    "meld": "double-faced cards",
-    "reversible_card": "double-faced cards",
-    "saga": "saga cards",
-    "adventure": "adventurer cards",
-    "class": "class cards",
-    "case": "case cards",
-    "prototype": "prototype cards",
-}
-# Glossary words and keyword actions too common in oracle text to say anything about a card.
-_TRIVIAL_TERMS = frozenset(
-    """ability activate artifact attach attack basic battle battlefield becomes block card cast color
-    colorless command control controller copy cost counter create creature damage day deal deck defense
-    destroy discard double draw effect enchantment enter exchange exile forest graveyard hand if instant
-    instead island land level library life mana mode mountain move name night object opponent owner pass
-    pay permanent phase plains play player power prevent protect resolve reveal sacrifice search shuffle
-    skip sorcery spell stack step swamp tap tapped target token toughness trigger type unless untap
-    untapped x y you your zone""".split()
-)
-_KEYWORD_SUFFIXES = (("walk", "landwalk"), ("cycling", "cycling"))
-
-
-def _key(name: str) -> str:
-    return name.lower().replace("’", "'").strip()
 
 
 def _rule_id(number: str) -> str:
     return f"rule:{number}"
-
-
-def _vocabulary(doc: RulesDocument) -> dict[str, dict[str, Any]]:
-    """Keyword and mechanic nodes the release defines: id -> attributes (with ``rule``, the defining rule)."""
-    vocab: dict[str, dict[str, Any]] = {}
-    for chapter, kind in (("701", "action"), ("702", "ability")):
-        for number in doc.rules[chapter].children if chapter in doc.rules else []:
-            rule = doc.rules[number]
-            if rule.children and len(rule.text) < 60 and not rule.text.endswith("."):  # "702.19. Trample"
-                vocab[f"keyword:{_key(rule.text)}"] = {
-                    "kind": "keyword",
-                    "name": rule.text,
-                    "keyword_kind": kind,
-                    "rule": number,
-                }
-    words = doc.rules.get("207.2c")
-    listing = re.search(r"The ability words are (.+?)\.$", words.text) if words else None
-    for word in re.split(r",\s*(?:and\s+)?", listing.group(1)) if listing else []:
-        vocab.setdefault(
-            f"mechanic:{_key(word)}",
-            {"kind": "mechanic", "name": word, "mechanic_kind": "ability word", "rule": "207.2c"},
-        )
-    for section, first in (("7", 708), ("9", 901)):
-        for number in doc.rules[section].children if section in doc.rules else []:
-            if int(number) >= first and number not in _EXCLUDED_CHAPTERS:
-                name = doc.rules[number].text
-                vocab.setdefault(
-                    f"mechanic:{_key(name)}",
-                    {"kind": "mechanic", "name": name, "mechanic_kind": "chapter", "rule": number},
-                )
-    return vocab
-
-
-def _match_names(node: str, attrs: dict[str, Any]) -> list[str]:
-    """Phrases that link a card's oracle text to this keyword / term / mechanic node."""
-    kind = attrs["kind"]
-    if kind == "keyword":
-        name = _key(attrs["name"])
-        names = (
-            [name, *name.split(" and ")] if name in ("tap and untap", "daybound and nightbound") else [name]
-        )
-        return [n for n in names if attrs["keyword_kind"] == "ability" or n not in _TRIVIAL_TERMS]
-    if kind == "term":
-        if "(obsolete)" in _key(attrs["term"]):
-            return []
-        parts = [_key(p).strip('“”"') for p in attrs["term"].split(",")]
-        return [p for p in parts if p and p not in _TRIVIAL_TERMS and "[" not in p]
-    if kind == "mechanic" and attrs["mechanic_kind"] == "chapter":
-        name = _key(attrs["name"])
-        if name.startswith("the "):  # "The Monarch" -> "monarch"
-            return [name[4:]]
-        return ["rad counter"] if name == "rad counters" else []
-    return []  # ability words are matched as ability headings ("Landfall — ...") instead
 
 
 class KnowledgeGraph:
@@ -184,7 +113,7 @@ class KnowledgeGraph:
             graph._link_rule(doc, number)
         for term in doc.glossary:
             graph._put_term(doc, term, term_sigs[term])
-        for node, attrs in _vocabulary(doc).items():
+        for node, attrs in vocabulary(doc).items():
             graph._put_vocab(node, attrs)
         graph._reindex()
         graph.add_cards(cards)
@@ -224,31 +153,21 @@ class KnowledgeGraph:
     def _reindex(self) -> None:
         """Name lookups and the oracle-text matcher, rebuilt whenever keywords, terms or mechanics change."""
         self._names: dict[str, str] = {}
-        phrases: dict[str, str] = {}
         for node, attrs in self.g.nodes(data=True):
-            kind = attrs.get("kind")
-            if kind in ("keyword", "mechanic", "term"):
-                label = attrs.get("name") or attrs.get("term")
-                self._names.setdefault(_key(label), node)
-                for phrase in _match_names(node, attrs):
-                    # a keyword beats a term of the same name ("trample"); a longer phrase beats a shorter
-                    if phrase not in phrases or attrs["kind"] == "keyword":
-                        phrases[phrase] = node
-        for phrase, node in phrases.items():  # glossary "Forestwalk" is a use of the keyword Landwalk
-            for suffix, keyword in _KEYWORD_SUFFIXES:
-                if node.startswith("term:") and phrase.endswith(suffix) and f"keyword:{keyword}" in self.g:
-                    phrases[phrase] = f"keyword:{keyword}"
-        self._phrases = phrases
-        alternation = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
-        self._matcher = re.compile(rf"(?<![\w-])(?:{alternation})(?:s|es)?(?![\w-])") if phrases else None
+            if attrs.get("kind") in ("keyword", "mechanic", "term"):
+                self._names.setdefault(name_key(attrs.get("name") or attrs.get("term")), node)
+        self._phrases = build_phrases(self.g.nodes(data=True), self.g.has_node)
+        self._matcher = phrase_pattern(self._phrases)
         self._ability_words = {
-            _key(a["name"]): n for n, a in self.g.nodes(data=True) if a.get("mechanic_kind") == "ability word"
+            name_key(a["name"]): n
+            for n, a in self.g.nodes(data=True)
+            if a.get("mechanic_kind") == "ability word"
         }
-        self._cards = {_key(a["name"]): n for n, a in self.g.nodes(data=True) if a.get("kind") == "card"}
+        self._cards = {name_key(a["name"]): n for n, a in self.g.nodes(data=True) if a.get("kind") == "card"}
         for node, attrs in self.g.nodes(data=True):
             if attrs.get("kind") == "card":
                 for face in attrs.get("faces", []):
-                    self._cards.setdefault(_key(face), node)
+                    self._cards.setdefault(name_key(face), node)
 
     # ------------------------------------------------------------------------------------- cards
 
@@ -256,7 +175,7 @@ class KnowledgeGraph:
         """Add (or refresh) cards and link them to keywords, terms and mechanics. Returns how many."""
         count = 0
         for card in cards:
-            node = f"card:{_key(card.name)}"
+            node = f"card:{name_key(card.name)}"
             self.g.add_node(
                 node,
                 kind="card",
@@ -264,7 +183,7 @@ class KnowledgeGraph:
                 layout=card.layout,
                 faces=[face.name for face in card.faces],
                 keywords=list(card.keywords),
-                text=_card_text(card),
+                text=card_text(card),
             )
             self._link_card(node)
             count += 1
@@ -275,11 +194,11 @@ class KnowledgeGraph:
         self._clear_out_edges(node, _CARD_RELS)
         attrs = self.g.nodes[node]
         for keyword in attrs["keywords"]:
-            target = self._keyword_node(keyword) or self._ability_words.get(_key(keyword))
+            target = self._keyword_node(keyword) or self._ability_words.get(name_key(keyword))
             if target is not None:
                 rel = REL.HAS_MECHANIC if target.startswith("mechanic:") else REL.HAS_KEYWORD
                 self._add_edge(node, target, rel)
-        mechanic = _LAYOUT_MECHANICS.get(attrs["layout"])
+        mechanic = LAYOUT_MECHANICS.get(attrs["layout"])
         if mechanic and self.g.has_node(f"mechanic:{mechanic}"):
             self._add_edge(node, f"mechanic:{mechanic}", REL.HAS_MECHANIC)
         text = attrs["text"]
@@ -298,25 +217,10 @@ class KnowledgeGraph:
                 self._add_edge(node, target, REL.MENTIONS_TERM)
 
     def _phrase_node(self, phrase: str) -> str | None:
-        for candidate in (phrase, phrase.removesuffix("s"), phrase.removesuffix("es")):
-            if candidate in self._phrases:
-                return self._phrases[candidate]
-        return None
+        return phrase_node(self._phrases, phrase)
 
     def _keyword_node(self, name: str) -> str | None:
-        """The keyword node a keyword name means, also for variants ("Forestwalk" -> Landwalk,
-        "Islandcycling" -> Cycling, "Partner with" -> Partner, "Hexproof from" -> Hexproof)."""
-        key = _key(name)
-        for phrase in (key, key.split(" with ")[0], key.split(" from ")[0]):
-            if f"keyword:{phrase}" in self.g:
-                return f"keyword:{phrase}"
-            target = self._phrases.get(phrase)
-            if target and target.startswith("keyword:"):
-                return target
-        for suffix, keyword in _KEYWORD_SUFFIXES:
-            if key.endswith(suffix) and f"keyword:{keyword}" in self.g:
-                return f"keyword:{keyword}"
-        return None
+        return keyword_node(name, self._phrases, self.g.has_node)
 
     # ------------------------------------------------------------------------------ rules update
 
@@ -355,7 +259,7 @@ class KnowledgeGraph:
                 self._add_edge(f"term:{normalize_term(term)}", _rule_id(ref), REL.DEFINED_BY)
         touched.update(f"term:{normalize_term(t)}" for t in diff.glossary_removed)
 
-        vocab = _vocabulary(new_doc)
+        vocab = vocabulary(new_doc)
         old_vocab = {n: dict(a) for n, a in self.g.nodes(data=True) if a["kind"] in ("keyword", "mechanic")}
         vocab_removed = sorted(set(old_vocab) - set(vocab))
         self.g.remove_nodes_from(vocab_removed)
@@ -400,18 +304,17 @@ class KnowledgeGraph:
         """Relink the cards a vocabulary change can affect: those whose text holds a phrase that now means
         something else (or nothing), whose listed keywords or layout name a touched node, or that linked to a
         node the update touched. The result equals linking them afresh."""
-        alternation = "|".join(re.escape(p) for p in sorted(phrases, key=len, reverse=True))
-        pattern = re.compile(rf"(?<![\w-])(?:{alternation})(?:s|es)?(?![\w-])") if phrases else None
+        pattern = phrase_pattern(phrases)
         relinked = []
         for node, attrs in list(self.g.nodes(data=True)):
             if attrs["kind"] != "card":
                 continue
-            layout = _LAYOUT_MECHANICS.get(attrs["layout"])
+            layout = LAYOUT_MECHANICS.get(attrs["layout"])
             if not (
                 any(v in touched for _, v in self.g.out_edges(node))
                 or (pattern is not None and pattern.search(attrs["text"]))
                 or any(self._keyword_node(k) in touched for k in attrs["keywords"])
-                or any(self._ability_words.get(_key(k)) in touched for k in attrs["keywords"])
+                or any(self._ability_words.get(name_key(k)) in touched for k in attrs["keywords"])
                 or (layout is not None and f"mechanic:{layout}" in touched)
                 or any(n in touched for n in self._ability_word_heads(attrs["text"]))
             ):
@@ -423,8 +326,7 @@ class KnowledgeGraph:
         return relinked
 
     def _ability_word_heads(self, text: str) -> list[str]:
-        heads = (line.split(" — ", 1)[0] for line in text.split("\n") if " — " in line)
-        return [self._ability_words[h] for h in heads if h in self._ability_words]
+        return ability_word_heads(text, self._ability_words)
 
     # ------------------------------------------------------------------------------------- queries
 
@@ -441,7 +343,7 @@ class KnowledgeGraph:
             if _rule_id(number) in self.g:
                 return _rule_id(number)
             raise UnknownRule(number, self._nearest_rules(number))
-        key = _key(text)
+        key = name_key(text)
         for candidate in (
             f"keyword:{key}",
             f"mechanic:{key}",
@@ -511,7 +413,7 @@ class KnowledgeGraph:
 
     def rules_for_card(self, card_name: str) -> list[str]:
         """Rules governing the card's keywords, keyword actions and mechanics, in rules order."""
-        key = _key(card_name)
+        key = name_key(card_name)
         node = self._cards.get(key) or (card_name if card_name in self.g else None)
         if node is None or self.g.nodes[node].get("kind") != "card":
             matches = process.extract(key, list(self._cards), limit=3)
@@ -582,16 +484,3 @@ class KnowledgeGraph:
 
 def _unique_sorted(numbers: Iterable[str]) -> list[str]:
     return sorted(set(numbers), key=rule_sort_key)
-
-
-_REMINDER = re.compile(r"\([^()]*\)")
-
-
-def _card_text(card: Card) -> str:
-    """Oracle text as matched: lowercased, straight apostrophes, no reminder text, no self-references."""
-    text = "\n".join(face.oracle_text for face in card.faces if face.oracle_text)
-    text = _REMINDER.sub("", text.replace("’", "'"))
-    for name in sorted({card.name, *(f.name for f in card.faces)}, key=len, reverse=True):
-        if name:
-            text = re.sub(re.escape(name.replace("’", "'")), "this", text, flags=re.IGNORECASE)
-    return "\n".join(" ".join(line.split()) for line in text.lower().split("\n") if line.strip())
