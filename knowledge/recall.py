@@ -1,0 +1,138 @@
+"""Retrieval recall@k on a question set with gold rule references (evaluation only, never training).
+
+A question is a hit when at least one of its gold rules, or a gold rule's parent (505.6a -> 505.6), is
+among the rule numbers of the top-k results. The parent counts because a parent rule passage is what a
+reader would open to find the sub-rule. Questions without gold rules (tournament-policy questions in
+quiz-dev.jsonl) cannot be scored and are listed as skipped, not counted as misses or hits.
+
+Reads JSONL with ``question`` and ``rule_refs`` (quiz-dev.jsonl) or ``gold_cr_rules`` (multihop-dev.jsonl,
+definitions-dev.jsonl); ``difficulty`` (or ``stratum``) groups the per-group recall.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from knowledge.errors import DataMissing
+from knowledge.models import RetrievalResult
+
+
+class Retriever(Protocol):
+    def search(self, query: str, k: int = 8, kinds: Iterable[str] | None = None) -> list[RetrievalResult]: ...
+
+
+@dataclass(slots=True)
+class QuestionResult:
+    id: str
+    difficulty: str
+    question: str
+    gold: list[str]
+    retrieved: list[str]
+    """Rule numbers of the top-k results, best first."""
+    hit: bool
+    matched: str | None = None
+    """The retrieved rule number that made it a hit."""
+
+
+@dataclass(slots=True)
+class RecallReport:
+    k: int
+    total: int
+    scored: int
+    hits: int
+    recall: float
+    by_difficulty: dict[str, dict[str, float]]
+    """difficulty -> {"recall", "hits", "scored"}."""
+    skipped: list[str] = field(default_factory=list)
+    """Ids of questions without gold rules."""
+    results: list[QuestionResult] = field(default_factory=list)
+
+    def to_json(self, with_results: bool = True) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "results"}
+        if with_results:
+            out["results"] = [asdict(r) for r in self.results]
+        return out
+
+
+def parent_rule(number: str) -> str | None:
+    """505.6a -> 505.6, 505.6 -> 505, 505 -> None (chapters' parents are sections, never gold)."""
+    stripped = number.rstrip("abcdefghijklmnopqrstuvwxyz")
+    if stripped != number:
+        return stripped
+    if "." in number:
+        return number.split(".")[0]
+    return None
+
+
+def accepted_numbers(gold: Sequence[str]) -> set[str]:
+    accepted = set(gold)
+    accepted.update(p for p in map(parent_rule, gold) if p is not None)
+    return accepted
+
+
+def load_questions(qa_path: str | Path) -> list[dict]:
+    path = Path(qa_path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as exc:
+        raise DataMissing(f"Question file {path} not found.") from exc
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise DataMissing(f"{path}:{n} is not JSON: {exc}") from exc
+        if "question" not in row:
+            raise DataMissing(f"{path}:{n} has no 'question' field")
+        rows.append(row)
+    return rows
+
+
+def evaluate_recall(
+    retriever: Retriever, qa_path: str | Path, k: int = 5, kinds: Iterable[str] | None = ("rule",)
+) -> RecallReport:
+    """Recall@k of ``retriever`` on the questions in ``qa_path`` (searching rule passages by default)."""
+    kinds = tuple(kinds) if kinds is not None else None
+    results: list[QuestionResult] = []
+    skipped: list[str] = []
+    for i, row in enumerate(load_questions(qa_path)):
+        qid = str(row.get("id", i))
+        gold = [str(g) for g in (row.get("rule_refs") or row.get("gold_cr_rules") or [])]
+        if not gold:
+            skipped.append(qid)
+            continue
+        found = retriever.search(row["question"], k=k, kinds=kinds)
+        retrieved = [r.passage.citation.id for r in found if r.passage.citation.kind == "rule"][:k]
+        accepted = accepted_numbers(gold)
+        matched = next((n for n in retrieved if n in accepted), None)
+        difficulty = str(row.get("difficulty") or row.get("stratum") or "all")
+        results.append(
+            QuestionResult(qid, difficulty, row["question"], gold, retrieved, matched is not None, matched)
+        )
+    groups: dict[str, list[QuestionResult]] = {}
+    for r in results:
+        groups.setdefault(r.difficulty, []).append(r)
+    hits = sum(r.hit for r in results)
+    return RecallReport(
+        k=k,
+        total=len(results) + len(skipped),
+        scored=len(results),
+        hits=hits,
+        recall=hits / len(results) if results else 0.0,
+        by_difficulty={
+            name: {
+                "recall": sum(r.hit for r in rs) / len(rs),
+                "hits": sum(r.hit for r in rs),
+                "scored": len(rs),
+            }
+            for name, rs in sorted(groups.items())
+        },
+        skipped=skipped,
+        results=results,
+    )
