@@ -1,0 +1,304 @@
+"""``hexcore train``, ``hexcore validate`` and ``hexcore adapters``: training and adapter administration.
+
+Heavy imports (torch, transformers, peft) happen inside the commands. Expected failures (bad config,
+unknown expert, missing checkpoint, evaluation data) print one line and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXPERT_NAMES = ("reason", "explain", "teach", "predict", "retrospect")
+
+
+def _settings() -> Any:
+    from hexcore.settings import get_settings
+
+    return get_settings()
+
+
+def _fail_on_known_errors(func: Any) -> Any:
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from engine.errors import EngineError
+        from knowledge.errors import KnowledgeError
+        from training.errors import TrainingError
+
+        try:
+            return func(*args, **kwargs)
+        except (TrainingError, EngineError, KnowledgeError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _echo_outcome(outcome: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(outcome.to_json(), indent=2))
+        return
+    m = outcome.metrics
+    click.echo(f"{outcome.expert}: {outcome.reason}")
+    if "base_perplexity" in m:
+        serving = m.get("serving_perplexity")
+        click.echo(
+            f"  perplexity base {m['base_perplexity']:.3f} | new {outcome.version} {m['candidate_perplexity']:.3f}"
+            + (f" | serving {serving:.3f}" if serving is not None else "")
+            + f"  ({m['reduction_vs_base']:.1%} below base)"
+        )
+        click.echo(
+            f"  {m.get('final_step')}/{m.get('total_steps')} steps{' (stopped early)' if m.get('stopped_early') else ''}, "
+            f"best at step {m.get('best_step')}, {m.get('seconds', 0):.0f} s; serving now: {outcome.serving}"
+        )
+    if outcome.run_dir:
+        click.echo(f"  run: {outcome.run_dir}")
+
+
+def register(main: click.Group, eval_group: click.Group) -> None:
+    @main.command("train")
+    @click.option(
+        "--expert",
+        "experts",
+        multiple=True,
+        type=click.Choice(EXPERT_NAMES),
+        help="Expert to train (repeatable).",
+    )
+    @click.option("--all", "all_experts", is_flag=True, help="Train every expert.")
+    @click.option("--router", is_flag=True, help="Retrain the expert router (about a second).")
+    @click.option(
+        "--fusion", is_flag=True, help="Train the cross-expert attention over the serving adapters."
+    )
+    @click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Training config (YAML or JSON).",
+    )
+    @click.option(
+        "--resume",
+        type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="Continue an interrupted run (run dir or checkpoint).",
+    )
+    @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
+    @click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
+    @click.option("--no-promote", is_flag=True, help="Validate and store the adapter, but never promote it.")
+    @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+    @_fail_on_known_errors
+    def train(
+        experts: tuple[str, ...],
+        all_experts: bool,
+        router: bool,
+        fusion: bool,
+        config_file: Path | None,
+        resume: Path | None,
+        max_steps: int | None,
+        epochs: int | None,
+        no_promote: bool,
+        as_json: bool,
+    ) -> None:
+        """Train expert LoRA adapters (validated; promoted only when better), the router, or the fusion."""
+        modes = sum([bool(experts), all_experts, router, fusion])
+        if modes == 0 and resume is None:
+            raise click.UsageError(
+                "say what to train: --expert NAME, --all, --router, --fusion or --resume DIR"
+            )
+        if modes > 1:
+            raise click.UsageError("use one of --expert, --all, --router, --fusion")
+        settings = _settings()
+        if router:
+            _train_router(settings, as_json)
+            return
+        from training.pipeline import load_training_config, retrain_fusion, train_expert
+
+        overrides = {"max_steps": max_steps, "epochs": epochs}
+        if resume is not None:
+            if config_file is not None or len(experts) > 1 or all_experts or fusion:
+                raise click.UsageError(
+                    "--resume continues one run with its own config; it takes no --config or --all"
+                )
+            outcome = train_expert(
+                settings,
+                experts[0] if experts else None,
+                resume=resume,
+                promote=not no_promote,
+                overrides=overrides,
+            )
+            _echo_outcome(outcome, as_json)
+            return
+        config = load_training_config(settings, config_file).replace(**overrides)
+        if fusion:
+            _echo_outcome(retrain_fusion(settings, config=config, promote=not no_promote), as_json)
+            return
+        from engine.model_loader import load_base_model
+
+        loaded = load_base_model(settings.engine, settings.paths)
+        for name in EXPERT_NAMES if all_experts else experts:
+            _echo_outcome(
+                train_expert(settings, name, config=config, loaded=loaded, promote=not no_promote), as_json
+            )
+
+    @main.command("validate")
+    @click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+    @click.option(
+        "--expert", type=click.Choice(EXPERT_NAMES), help="Default: from the adapter's meta.json or run."
+    )
+    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+    @click.option("--json", "as_json", is_flag=True)
+    @_fail_on_known_errors
+    def validate(adapter_dir: Path, expert: str | None, config_file: Path | None, as_json: bool) -> None:
+        """Held-out perplexity of ADAPTER_DIR vs the base model and the serving adapter (promotes nothing)."""
+        from engine.adapter_store import AdapterStore
+        from engine.model_loader import load_base_model
+        from training.pipeline import held_out_for, load_training_config
+        from training.validation import validate_adapter
+
+        settings = _settings()
+        config = load_training_config(settings, config_file)
+        expert, val = held_out_for(settings, adapter_dir, expert, config)
+        loaded = load_base_model(settings.engine, settings.paths)
+        serving = AdapterStore.from_settings(settings).serving(expert)
+        report = validate_adapter(
+            loaded,
+            adapter_dir,
+            val,
+            expert=expert,
+            margin=config.promotion_margin,
+            serving_dir=serving.path if serving and serving.path.is_dir() else None,
+            serving_name=serving.version if serving else None,
+            max_seq_len=config.max_seq_len,
+            batch_size=config.batch_size,
+        )
+        if as_json:
+            click.echo(json.dumps(report.to_json(), indent=2))
+            return
+        click.echo(f"{expert}: {len(val)} held-out examples")
+        click.echo(f"  base     perplexity {report.base.perplexity:.3f}")
+        click.echo(
+            f"  adapter  perplexity {report.candidate_result.perplexity:.3f} ({report.reduction_vs_base:.1%} below base)"
+        )
+        if report.serving_result is not None:
+            click.echo(f"  serving  perplexity {report.serving_result.perplexity:.3f} ({report.serving})")
+        click.echo(
+            f"  {report.decision.reason.replace('promoted:', 'would be promoted:', 1) if report.decision.promote else report.decision.reason}"
+        )
+
+    @main.group("adapters")
+    def adapters() -> None:
+        """List, promote, roll back and compare stored expert adapters."""
+
+    @adapters.command("list")
+    @click.option("--json", "as_json", is_flag=True)
+    @_fail_on_known_errors
+    def list_adapters(as_json: bool) -> None:
+        """Every stored version per expert; * marks the serving one."""
+        from engine.adapter_store import AdapterStore
+
+        store = AdapterStore.from_settings(_settings())
+        rows = {}
+        for name in EXPERT_NAMES:
+            serving = store.serving(name)
+            rows[name] = {
+                "serving": serving.version if serving else None,
+                "versions": [
+                    {
+                        "version": v.version,
+                        "created": v.meta.get("created"),
+                        "metrics": v.meta.get("metrics", {}),
+                    }
+                    for v in store.versions(name)
+                ],
+            }
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for name, row in rows.items():
+            click.echo(f"{name}: serving {row['serving'] or '-'}")
+            for v in row["versions"]:
+                ppl = v["metrics"].get("candidate_perplexity")
+                mark = "*" if v["version"] == row["serving"] else " "
+                click.echo(
+                    f"  {mark} {v['version']:<5} {v['created'] or '':<26} {'' if ppl is None else f'perplexity {ppl:.3f}'}"
+                )
+
+    @adapters.command("promote")
+    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
+    @click.argument("version")
+    @_fail_on_known_errors
+    def promote(expert: str, version: str) -> None:
+        """Serve VERSION for EXPERT (atomic; the previous one can be rolled back to)."""
+        from engine.adapter_store import AdapterStore
+
+        done = AdapterStore.from_settings(_settings()).promote(expert, version)
+        click.echo(f"{expert} now serves {done.version}")
+
+    @adapters.command("rollback")
+    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
+    @_fail_on_known_errors
+    def rollback(expert: str) -> None:
+        """Serve EXPERT's previous serving version again."""
+        from engine.adapter_store import AdapterStore
+
+        done = AdapterStore.from_settings(_settings()).rollback(expert)
+        click.echo(f"{expert} rolled back to {done.version}")
+
+    @adapters.command("compare")
+    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
+    @click.argument("a")
+    @click.argument("b")
+    @click.option("--json", "as_json", is_flag=True)
+    @_fail_on_known_errors
+    def compare_cmd(expert: str, a: str, b: str, as_json: bool) -> None:
+        """A/B two versions (or adapter dirs, or 'base') on EXPERT's held-out examples."""
+        from engine.adapter_store import AdapterStore
+        from engine.model_loader import load_base_model
+        from training.datasets import build_expert_dataset
+        from training.pipeline import load_training_config
+        from training.validation import compare
+
+        settings = _settings()
+        store = AdapterStore.from_settings(settings)
+        config = load_training_config(settings)
+
+        def where(x: str) -> Path | None:
+            if x == "base":
+                return None
+            return Path(x) if Path(x).is_dir() else store.get(expert, x).path
+
+        val = build_expert_dataset(settings, expert, config=config).val
+        result = compare(
+            where(a),
+            where(b),
+            val,
+            load_base_model(settings.engine, settings.paths),
+            experts=[expert],
+            max_seq_len=config.max_seq_len,
+        )
+        if as_json:
+            click.echo(json.dumps(result.to_json(), indent=2))
+            return
+        click.echo(
+            f"{expert}: A={a} perplexity {result.a.perplexity:.3f} | B={b} perplexity {result.b.perplexity:.3f}"
+        )
+        click.echo(
+            f"  A wins on {result.a_win_rate:.0%} of {result.a.examples} examples; winner: {result.winner}"
+        )
+
+
+def _train_router(settings: Any, as_json: bool) -> None:
+    from engine.router import examples_hash, load_examples, train_router
+
+    examples = load_examples()
+    router = train_router(examples, thresholds=settings.engine.router_threshold)
+    router.save(settings.paths.state_dir / "router", examples_hash(examples))
+    metrics = router.metrics.to_json() if router.metrics else {}
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        click.echo(
+            f"router trained on {metrics.get('train_size')} examples: held-out exact {metrics.get('exact_match', 0):.3f}, top-1 {metrics.get('top1', 0):.3f}"
+        )
