@@ -246,6 +246,20 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         done = AdapterStore.from_settings(_settings()).rollback(expert)
         click.echo(f"{expert} rolled back to {done.version}")
 
+    @adapters.command("export")
+    @click.option("--base", "base_model", required=True, help="Base model as the vLLM host loads it (path or id).")
+    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+    @click.option("--expert", "experts", multiple=True, type=click.Choice(EXPERT_NAMES), help="Only these.")
+    @_fail_on_known_errors
+    def export_cmd(base_model: str, out_dir: Path, experts: tuple[str, ...]) -> None:
+        """Write the serving adapters in vLLM's layout, with a generated launch.sh."""
+        from engine.adapter_store import AdapterStore
+        from engine.export import export_adapters
+
+        store = AdapterStore.from_settings(_settings())
+        report = export_adapters(store.root, out_dir, base_model, experts=experts or None)
+        click.echo(report.summary())
+
     @adapters.command("compare")
     @click.argument("expert", type=click.Choice(EXPERT_NAMES))
     @click.argument("a")

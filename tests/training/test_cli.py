@@ -102,3 +102,18 @@ def test_train_router(env) -> None:
     assert result.exit_code == 0 and "router trained on" in result.output
     meta = json.loads((env["tmp"] / "state" / "router" / "router.json").read_text())
     assert meta["metrics"]["heldout_size"] > 0 and meta["data_hash"]
+
+
+def test_adapters_export_writes_vllm_layout_and_launch_command(env) -> None:
+    out = env["tmp"] / "export"
+    model_dir = env["tmp"] / "tiny-llama"
+    result = _invoke("adapters", "export", "--base", str(model_dir), "--out", str(out), "--expert", "explain")
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "explain" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(model_dir)
+    assert (out / "explain" / "adapter_model.safetensors").stat().st_size > 0
+    launch = (out / "launch.sh").read_text()
+    assert "--enable-lora" in launch and "explain=" in launch and "vllm serve" in launch
+    assert not (out / "teach").exists()  # only the experts asked for
+    nothing = _invoke("adapters", "export", "--base", str(model_dir), "--out", str(out), "--expert", "teach")
+    assert nothing.exit_code == 1 and "Traceback" not in nothing.output
