@@ -14,7 +14,7 @@ def test_data_dir_defaults_to_shared_data_beside_the_project():
     expected = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     if expected.is_dir():
         assert default_data_dir() == expected
-        assert PathSettings().data_dir == expected
+        assert PathSettings().data_dir == expected.resolve()
 
 
 def test_environment_overrides_paths(monkeypatch, tmp_path):
