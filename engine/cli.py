@@ -1,0 +1,251 @@
+"""``hexcore ask`` and ``hexcore chat``: grounded answers in the terminal, on the local engine.
+
+``ask`` prints the answer, then every passage it cites, verbatim under its label ("CR 702.19b (2026-01-16)"),
+or all of it as JSON (``--json``). On a terminal the answer streams as it is generated. ``chat`` is a
+multi-turn session on one KV-cache session: ``/new`` starts a new conversation, ``/quit`` (or end of input)
+leaves. The first run works from a clean state dir: the engine builds the search index and converts the
+model as it starts, saying so on stderr. Missing data or a model that cannot load is one line on stderr and
+exit code 1. torch and transformers are imported inside the commands, so ``hexcore --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+from engine.api import Answer, AnswerRequest, Expert, TokenDelta
+
+if TYPE_CHECKING:
+    from engine.local import LocalEngine
+    from hexcore.settings import Settings
+
+EXPERT_CHOICE = click.Choice([e.value for e in Expert], case_sensitive=False)
+CHAT_HELP = "Ask a question. /new starts a new conversation, /quit leaves."
+
+
+def register(main: click.Group, eval_group: click.Group) -> None:
+    main.add_command(ask_command)
+    main.add_command(chat_command)
+
+
+def _settings() -> Settings:
+    """The Settings a caller passed as the click context object (tests), else the environment's."""
+    from hexcore.settings import Settings, get_settings
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_object(Settings) if ctx is not None else None
+    return obj if obj is not None else get_settings()
+
+
+def _engine(settings: Settings, quiet: bool) -> LocalEngine:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    from engine.local import LocalEngine
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars; the engine says what it loads (unless -q)
+
+    progress = None if quiet else (lambda message: click.echo(f"hexcore: {message}", err=True))
+    # One process, one or a few questions: load an expert's adapter when a question first needs it.
+    return LocalEngine(settings, progress=progress, preload_adapters=False)
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro``; the engine's and the knowledge layer's typed errors become one line and exit code 1."""
+    from engine.errors import EngineError
+    from knowledge.errors import KnowledgeError
+
+    try:
+        return asyncio.run(coro)
+    except (EngineError, KnowledgeError) as exc:
+        click.echo(f"error: {str(exc) or getattr(exc, 'user_message', type(exc).__name__)}", err=True)
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def format_sources(answer: Answer) -> str:
+    """Each cited passage verbatim under its label, in citation order."""
+    from knowledge.context import citation_label
+
+    blocks = []
+    for passage in answer.passages:
+        label = citation_label(passage)
+        if passage.title and passage.citation.kind == "rule" and passage.title != passage.citation.id:
+            label = f"{label} | {passage.title}"
+        blocks.append(f"[{label}]\n{passage.text}")
+    return "Sources:\n\n" + "\n\n".join(blocks) if blocks else "Sources: none found."
+
+
+def format_answer(answer: Answer) -> str:
+    experts = ", ".join(e.value for e in answer.experts)
+    return f"{answer.text}\n\n({experts})\n\n{format_sources(answer)}"
+
+
+async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stream: bool) -> Answer:
+    """Generate one answer; with ``stream`` the text is written to ``out`` as it arrives."""
+    answer: Answer | None = None
+    written = ""
+    async for event in engine.generate(request):
+        if isinstance(event, TokenDelta):
+            if stream:
+                out.write(event.text)
+                out.flush()
+                written += event.text
+        else:
+            answer = event
+    assert answer is not None  # generate always ends with an Answer or raises
+    if stream:
+        # The stream is the guarded text as generated; the final text is stripped, or a fallback when empty.
+        core = written.lstrip()
+        if answer.text.startswith(core):
+            out.write(answer.text[len(core) :])
+        elif core.rstrip() != answer.text:
+            out.write(("\n" if written else "") + answer.text)
+        experts = ", ".join(e.value for e in answer.experts)
+        out.write(f"\n\n({experts})\n\n{format_sources(answer)}\n")
+        out.flush()
+    return answer
+
+
+def _stream_default(stream: bool | None, as_json: bool) -> bool:
+    if as_json:
+        return False
+    return sys.stdout.isatty() if stream is None else stream
+
+
+# ---------------------------------------------------------------------------------------------- ask
+
+
+@click.command("ask")
+@click.argument("question", nargs=-1, required=True)
+@click.option(
+    "--expert",
+    "-e",
+    "experts",
+    multiple=True,
+    type=EXPERT_CHOICE,
+    help="Answer as this expert (repeat for several; default: the router chooses).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and its citations as JSON.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None, help="Cap the answer length.")
+@click.option(
+    "--stream/--no-stream", default=None, help="Stream the answer (default: when stdout is a terminal)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def ask_command(
+    question: tuple[str, ...],
+    experts: tuple[str, ...],
+    as_json: bool,
+    max_new_tokens: int | None,
+    stream: bool | None,
+    quiet: bool,
+) -> None:
+    """Answer QUESTION from the Comprehensive Rules and card texts, citing what it quotes."""
+    request = AnswerRequest(
+        question=" ".join(question),
+        experts=tuple(Expert(e.lower()) for e in experts) or None,
+        max_new_tokens=max_new_tokens,
+    )
+    streaming = _stream_default(stream, as_json)
+    engine = _engine(_settings(), quiet)
+
+    async def main() -> Answer:
+        try:
+            await engine.start()
+            return await _answer(engine, request, sys.stdout, streaming)
+        finally:
+            await engine.close()
+
+    answer = _run(main())
+    if as_json:
+        click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
+    elif not streaming:
+        click.echo(format_answer(answer))
+
+
+# ---------------------------------------------------------------------------------------------- chat
+
+
+@click.command("chat")
+@click.option(
+    "--expert", "-e", "experts", multiple=True, type=EXPERT_CHOICE, help="Always answer as this expert."
+)
+@click.option(
+    "--max-new-tokens", type=click.IntRange(1, 4096), default=None, help="Cap each answer's length."
+)
+@click.option(
+    "--stream/--no-stream", default=None, help="Stream answers (default: when stdout is a terminal)."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def chat_command(
+    experts: tuple[str, ...], max_new_tokens: int | None, stream: bool | None, quiet: bool
+) -> None:
+    """A multi-turn conversation in the terminal; follow-up questions reuse the conversation's cache."""
+    fixed = tuple(Expert(e.lower()) for e in experts) or None
+    streaming = _stream_default(stream, False)
+    engine = _engine(_settings(), quiet)
+    _run(_chat(engine, fixed, max_new_tokens, streaming, sys.stdin.readline))
+
+
+async def _chat(
+    engine: LocalEngine,
+    experts: tuple[Expert, ...] | None,
+    max_new_tokens: int | None,
+    streaming: bool,
+    read_line: Callable[[], str],
+) -> None:
+    from engine.errors import EngineDead, EngineError
+
+    out = sys.stdout
+    session = _new_session_id()
+    try:
+        await engine.start()
+        click.echo(CHAT_HELP)
+        while True:
+            out.write("> ")
+            out.flush()
+            line = await asyncio.to_thread(read_line)
+            if not line:  # end of input
+                out.write("\n")
+                return
+            text = line.strip()
+            if not text:
+                continue
+            if text.lower() in ("/quit", "/exit", "/q"):
+                return
+            if text.lower() == "/new":
+                await engine.end_session(session)
+                session = _new_session_id()
+                click.echo("(new conversation)")
+                continue
+            if text.startswith("/"):
+                click.echo(CHAT_HELP)
+                continue
+            request = AnswerRequest(text, experts=experts, session_id=session, max_new_tokens=max_new_tokens)
+            try:
+                answer = await _answer(engine, request, out, streaming)
+            except EngineDead:
+                raise
+            except EngineError as exc:  # one failed turn does not end the conversation
+                click.echo(f"error: {exc}", err=True)
+                continue
+            if not streaming:
+                click.echo(format_answer(answer))
+            out.write("\n")
+    finally:
+        await engine.close()
+
+
+def _new_session_id() -> str:
+    return f"cli-chat-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,608 @@
+"""The grounded answer pipeline: route -> retrieve -> assemble -> prompt -> generate, then cite and guard.
+
+:meth:`AnswerPipeline.prepare` turns an :class:`~engine.api.AnswerRequest` into a :class:`Turn`: the experts
+(the request's own, or the router's choice), the retrieved passages assembled whole under the context token
+budget (counted with the model's real tokenizer), and the expert's chat prompt as token ids.
+:class:`BatchRunner` (the engine worker's runner) generates many turns together: one-expert turns in one
+mixed-adapter generator batch, several-expert turns by cross-expert attention (``engine.fusion``).
+:meth:`AnswerPipeline.finish` turns the generated text into the :class:`~engine.api.Answer`: it cites exactly
+the passages placed in the prompt (rule numbers with their rules release, card names), carries those passages
+in full for the bot to quote verbatim, and runs the grounding guard (``engine.grounding``) so the text cites no
+rule it was not given; the streamed deltas pass through the same guard.
+
+The answer must be right even though a 135M model writes weak prose: the passages carry it. So when the
+guarded text is empty the answer says to read the quoted passages rather than inventing anything.
+
+Multi-turn: a session's earlier turns are repeated verbatim in the next prompt (the history is kept by the
+caller, ``engine.local.ConversationStore``), so the generator's KV-cache session only prefills the new message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.api import Answer, AnswerRequest, Expert, TokenDelta
+from engine.errors import AdapterError, EngineError, GenerationError, InvalidRequest, RequestCancelled
+from engine.grounding import StreamGuard, allowed_rule_numbers, guard_text
+from engine.prompts import (
+    QUESTION_HEADER,
+    Message,
+    build_messages,
+    encode_messages,
+    next_history,
+    trim_history,
+)
+from knowledge.errors import KnowledgeError
+
+if TYPE_CHECKING:
+    from engine.router import Router
+    from engine.streaming import WorkItem
+    from knowledge.base import KnowledgeBase
+    from knowledge.context import AssembledContext
+
+log = logging.getLogger(__name__)
+
+FUSION_DIR = "fusion"
+"""A trained ``CrossExpertAttention`` is looked for in ``<state_dir>/adapters/fusion``."""
+RETRIEVE_K = 6
+"""Passages retrieved per question before assembly; more mostly adds noise for a small model."""
+HISTORY_CHARS = 9600
+"""Earlier turns kept in a prompt (~2400 tokens): well inside the context window, older turns are dropped."""
+MAX_QUESTION_CHARS = 2000
+"""The bot allows 1000 characters plus a card name; the CLI the same order of magnitude."""
+MAX_NEW_TOKENS = 4096
+FOLLOW_UP_WORDS = 8
+"""A question this short in a conversation ("and with deathtouch?") is retrieved with the previous one."""
+EMPTY_ANSWER = "The quoted rules and cards below answer this; read them for the details."
+
+
+def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> AnswerRequest:
+    """The request with its question stripped and its experts and token budget checked.
+
+    Raises ``InvalidRequest`` with a message fit for the user.
+    """
+    question = (request.question or "").strip()
+    if not question:
+        raise InvalidRequest("Please ask a question.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise InvalidRequest(
+            f"That question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS})."
+        )
+    experts: tuple[Expert, ...] | None = None
+    if request.experts is not None:
+        try:
+            experts = tuple(dict.fromkeys(Expert(e) for e in request.experts))
+        except ValueError:
+            known = ", ".join(e.value for e in Expert)
+            raise InvalidRequest(f"Unknown expert in {list(request.experts)}; choose from {known}.") from None
+        if not experts:
+            experts = None
+    max_new = request.max_new_tokens if request.max_new_tokens is not None else default_max_new_tokens
+    if not 1 <= max_new <= MAX_NEW_TOKENS:
+        raise InvalidRequest(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}.")
+    return AnswerRequest(
+        question=question,
+        experts=experts,
+        session_id=request.session_id,
+        max_new_tokens=max_new,
+        user_id=request.user_id,
+    )
+
+
+@dataclass(slots=True)
+class Routing:
+    experts: list[Expert]
+    """Best first."""
+    scores: dict[Expert, float]
+    """The router's score per expert (empty when the request fixed its experts)."""
+    routed: bool
+    ms: float = 0.0
+    """Time the router took."""
+
+
+@dataclass(slots=True)
+class Turn:
+    """One prepared request: everything generation needs, and everything the answer will cite."""
+
+    request: AnswerRequest
+    experts: list[Expert]
+    routed: bool
+    """True when the router chose the experts (False: the request fixed them)."""
+    scores: dict[Expert, float]
+    context: AssembledContext
+    messages: list[Message]
+    input_ids: list[int]
+    max_new_tokens: int
+    allowed_rules: set[str]
+    """Rule numbers the answer may cite (see ``engine.grounding``)."""
+    submitted_at: float
+    """``time.perf_counter()`` when the request was admitted."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passages(self) -> list[Any]:
+        return self.context.passages
+
+
+class AnswerPipeline:
+    """Routing, retrieval, assembly and prompting for the engine's worker thread (thread-safe)."""
+
+    def __init__(
+        self,
+        knowledge: KnowledgeBase,
+        router: Router | None,
+        tokenizer: Any,
+        *,
+        context_tokens: int,
+        retrieve_k: int = RETRIEVE_K,
+        history_chars: int = HISTORY_CHARS,
+    ) -> None:
+        self.knowledge = knowledge
+        self.router = router
+        self.tokenizer = tokenizer
+        self.context_tokens = context_tokens
+        self.retrieve_k = retrieve_k
+        self.history_chars = history_chars
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def route(self, request: AnswerRequest) -> Routing:
+        """The request's fixed experts, else the router's choice (best first)."""
+        if request.experts:
+            return Routing(list(request.experts), {}, routed=False)
+        if self.router is None:
+            return Routing([Expert.EXPLAIN], {}, routed=True)
+        started = time.perf_counter()
+        decision = self.router.route(request.question)
+        ms = (time.perf_counter() - started) * 1000
+        return Routing(list(decision.experts), dict(decision.scores), routed=True, ms=ms)
+
+    @staticmethod
+    def servable(routing: Routing, available: Collection[Expert] | None) -> list[Expert]:
+        """The experts that will answer, given those whose adapters are served (``available``; None: all).
+
+        A fixed expert that is not available is an ``AdapterError`` (the user asked for it by name); routed
+        experts that are not available are dropped, and when none is left the best one answers on the base
+        model.
+        """
+        if available is None:
+            return list(routing.experts)
+        if not routing.routed:
+            missing = [e for e in routing.experts if e not in available]
+            if missing:
+                raise AdapterError(missing[0].value, "no adapter is being served for this expert")
+            return list(routing.experts)
+        return [e for e in routing.experts if e in available] or routing.experts[:1]
+
+    def retrieval_query(self, question: str, history: Sequence[Message]) -> str:
+        """The question, plus the previous question when this one is a short follow-up in a conversation."""
+        if not history or len(question.split()) >= FOLLOW_UP_WORDS:
+            return question
+        for message in reversed(history):
+            if message["role"] == "user" and QUESTION_HEADER in message["content"]:
+                previous = message["content"].rsplit(QUESTION_HEADER, 1)[1].strip()
+                return f"{previous}\n{question}"
+        return question
+
+    def prepare(
+        self,
+        request: AnswerRequest,
+        history: Sequence[Message] = (),
+        submitted_at: float | None = None,
+        available: Collection[Expert] | None = None,
+        routing: Routing | None = None,
+    ) -> Turn:
+        """Route (unless ``routing`` is given), retrieve, assemble and build the prompt for one request."""
+        submitted_at = time.perf_counter() if submitted_at is None else submitted_at
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        timings["queue"] = (clock - submitted_at) * 1000
+
+        routing = routing or self.route(request)
+        experts = self.servable(routing, available)
+        timings["route"] = routing.ms
+        clock = time.perf_counter()
+
+        history = trim_history(history, self.history_chars)
+        results = self.knowledge.search(self.retrieval_query(request.question, history), k=self.retrieve_k)
+        clock = _lap(timings, "retrieve", clock)
+
+        context = self.knowledge.assemble(results, self.context_tokens, self.count_tokens)
+        messages = build_messages(experts, request.question, context.text, history)
+        input_ids = encode_messages(self.tokenizer, messages)
+        _lap(timings, "assemble", clock)
+
+        return Turn(
+            request=request,
+            experts=experts,
+            routed=routing.routed,
+            scores=routing.scores,
+            context=context,
+            messages=messages,
+            input_ids=input_ids,
+            max_new_tokens=request.max_new_tokens or 1,
+            allowed_rules=allowed_rule_numbers(context.passages),
+            submitted_at=submitted_at,
+            timings_ms=timings,
+        )
+
+    def finish(
+        self,
+        turn: Turn,
+        text: str,
+        *,
+        prefill_ms: float,
+        generate_ms: float,
+        generated_tokens: int,
+    ) -> Answer:
+        """The final answer: guarded text, citations and passages exactly as placed in the prompt, timings."""
+        guarded = guard_text(text, turn.allowed_rules).text.strip()
+        timings = dict(turn.timings_ms)
+        timings["prefill"] = prefill_ms
+        timings["generate"] = generate_ms
+        timings["total"] = (time.perf_counter() - turn.submitted_at) * 1000
+        passages = list(turn.context.passages)
+        return Answer(
+            question=turn.request.question,
+            experts=list(turn.experts),
+            text=guarded or EMPTY_ANSWER,
+            citations=[p.citation for p in passages],
+            passages=passages,
+            session_id=turn.request.session_id,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+            generated_tokens=generated_tokens,
+        )
+
+
+def _lap(timings: dict[str, float], stage: str, since: float) -> float:
+    now = time.perf_counter()
+    timings[stage] = (now - since) * 1000
+    return now
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one answered request cost (``LocalEngine.records``: benchmarks, tests, diagnostics)."""
+
+    question: str
+    experts: list[str]
+    adapters: list[str]
+    fused: bool
+    prompt_tokens: int
+    reused_tokens: int
+    new_tokens: int
+    batch_size: int
+    finish_reason: str
+    timings_ms: dict[str, float]
+
+
+def load_fusion(adapters_root: Any, loaded: Any) -> Any:
+    """The trained fusion module when one is saved, else an untrained one (= the experts' average)."""
+    from engine.fusion import FUSION_CONFIG, CrossExpertAttention
+
+    path = adapters_root / FUSION_DIR
+    hidden = int(loaded.model.config.get_text_config().hidden_size)
+    if (path / FUSION_CONFIG).is_file():
+        try:
+            fusion = CrossExpertAttention.load(path, device=loaded.device)
+            if fusion.hidden_size == hidden:
+                return fusion.eval()
+            log.warning(
+                "the fusion in %s is for hidden size %d, not %d: ignored", path, fusion.hidden_size, hidden
+            )
+        except Exception:
+            log.exception("loading the fusion from %s failed; averaging the experts instead", path)
+    return CrossExpertAttention(hidden).to(loaded.device).eval()
+
+
+class BatchRunner:
+    """The engine worker's runner: prepare each request of a batch, generate them together, answer each.
+
+    One-expert turns decode together in one mixed-adapter generator batch; a turn with several experts runs
+    as one fused generation after them. Built in the worker thread by ``LocalEngine``'s runner factory.
+    """
+
+    def __init__(
+        self,
+        pipeline: AnswerPipeline,
+        loaded: Any,
+        registry: Any,
+        sessions: Any,
+        fusion: Any,
+        conversations: Any,
+        *,
+        batch_size: int,
+        preload_adapters: bool = True,
+        before_generate: Callable[[list[AnswerRequest]], None] | None = None,
+        on_record: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.conversations = conversations
+        self.before_generate = before_generate
+        self.on_record = on_record
+        self.loaded = loaded
+        self.registry = registry
+        self.sessions = sessions
+        self.fusion = fusion
+        self.batch_size = batch_size
+        self.unavailable: dict[Expert, str] = {}
+        """Experts whose adapter failed to register, with the reason."""
+        if preload_adapters:
+            for expert, error in registry.register_serving().items():
+                log.warning("expert %s is unavailable: %s", expert.value, error)
+                self.unavailable[expert] = str(error)
+        self.generator = self._make_generator()
+
+    def _make_generator(self) -> Any:
+        from engine.generation import Generator
+
+        return Generator(
+            self.registry.model, self.loaded.tokenizer, self.sessions, max_batch_size=self.batch_size
+        )
+
+    def reload_adapters(self) -> dict[Expert, str]:
+        """Serve every expert's current serving version (a newly promoted one is hot-swapped in)."""
+        failures = self.registry.register_serving()
+        self.unavailable = {expert: str(error) for expert, error in failures.items()}
+        if self.generator.model is not self.registry.model:
+            self.generator = self._make_generator()
+        return dict(self.unavailable)
+
+    def close(self) -> None:
+        self.sessions.clear()
+
+    def run(self, items: list[WorkItem]) -> None:
+        prepared: list[tuple[WorkItem, Turn, list[Expert | None]]] = []
+        for item in items:
+            if item.cancelled:
+                continue  # the worker settles it as cancelled
+            try:
+                turn, adapters = self._prepare(item.payload)
+            except EngineError as exc:
+                item.fail(exc)
+                continue
+            except KnowledgeError as exc:
+                item.fail(GenerationError(f"retrieval failed: {exc}"))
+                continue
+            except Exception as exc:  # a bug in one request's preparation must not take the batch down
+                log.exception("preparing a request failed")
+                error = GenerationError(f"preparing the answer failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                item.fail(error)
+                continue
+            prepared.append((item, turn, adapters))
+        if not prepared:
+            return
+        if self.before_generate is not None:
+            self.before_generate([turn.request for _, turn, _ in prepared])
+        singles = [p for p in prepared if len(p[2]) == 1]
+        if singles:
+            self._run_batch(singles)
+        for item, turn, adapters in prepared:
+            if len(adapters) > 1:
+                self._run_fused(item, turn, adapters)
+
+    def _prepare(self, payload: Any) -> tuple[Turn, list[Expert | None]]:
+        request = payload.request
+        queue_ms = (time.perf_counter() - payload.submitted_at) * 1000
+        routing = self.pipeline.route(request)
+        started = time.perf_counter()
+        self._ensure_adapters(routing.experts)
+        adapters_ms = (time.perf_counter() - started) * 1000
+        served = {Expert(e) for e in self.registry.serving_versions()}
+        history = self.conversations.get(request.session_id)
+        turn = self.pipeline.prepare(
+            request, history, payload.submitted_at, available=served, routing=routing
+        )
+        turn.timings_ms["queue"] = queue_ms
+        turn.timings_ms["adapters"] = adapters_ms
+        adapters: list[Expert | None] = [e if e in served else None for e in turn.experts]
+        if len(adapters) > 1 and (self.registry.peft_model is None or None in adapters):
+            adapters = adapters[:1]  # fusion needs every expert's adapter; else the best one answers
+        return turn, adapters
+
+    def _ensure_adapters(self, experts: Sequence[Expert]) -> None:
+        """Register (load and validate) the experts' adapters not tried yet: all at start, or on first use
+        with ``preload_adapters=False``. A failure is remembered, not retried, until ``reload_adapters``."""
+        served = self.registry.serving_versions()
+        for expert in experts:
+            if expert.value in served or expert in self.unavailable:
+                continue
+            try:
+                self.registry.register(expert)
+            except AdapterError as exc:
+                log.warning("expert %s is unavailable: %s", expert.value, exc)
+                self.unavailable[expert] = str(exc)
+        if self.generator.model is not self.registry.model:  # the first adapter wrapped the model in peft
+            self.generator = self._make_generator()
+
+    # ---- one-expert requests: one mixed-adapter batch ----
+
+    def _run_batch(self, batch: list[tuple[WorkItem, Turn, list[Expert | None]]]) -> None:
+        from engine.generation import GenJob
+
+        with contextlib.ExitStack() as stack:
+            try:
+                names = stack.enter_context(self.registry.use([adapters[0] for _, _, adapters in batch]))
+            except AdapterError as exc:  # an adapter vanished since _prepare (a failed swap): this batch only
+                for item, _, _ in batch:
+                    item.fail(exc)
+                return
+            jobs = [
+                self._job(GenJob, item, turn, name)
+                for (item, turn, _), name in zip(batch, names, strict=True)
+            ]
+            self.generator.run_batch(jobs)
+
+    def _job(self, job_type: Any, item: WorkItem, turn: Turn, adapter: str) -> Any:
+        guard = StreamGuard(turn.allowed_rules)
+        pieces: list[str] = []
+
+        def on_token(delta: str) -> None:
+            pieces.append(delta)
+            out = guard.feed(delta)
+            if out:
+                item.emit(TokenDelta(out))
+
+        def on_done(ids: list[int], stats: Any) -> None:
+            self._settle(
+                item,
+                turn,
+                guard,
+                "".join(pieces),
+                prefill_ms=stats.prefill_ms,
+                generate_ms=stats.decode_ms,
+                record={
+                    "adapters": [adapter],
+                    "fused": False,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "reused_tokens": stats.reused_tokens,
+                    "new_tokens": stats.new_tokens,
+                    "batch_size": stats.batch_size,
+                    "finish_reason": stats.finish_reason,
+                },
+            )
+
+        return job_type(
+            input_ids=turn.input_ids,
+            adapter_name=adapter,
+            max_new_tokens=turn.max_new_tokens,
+            session_id=turn.request.session_id,
+            on_token=on_token,
+            on_done=on_done,
+            on_error=item.fail,
+            is_cancelled=item.cancel_event.is_set,
+            submitted_at=turn.submitted_at,
+        )
+
+    # ---- several experts: cross-expert attention ----
+
+    def _run_fused(self, item: WorkItem, turn: Turn, experts: list[Expert | None]) -> None:
+        import torch
+
+        from engine.fusion import generate_fused
+        from engine.generation import IncrementalDetokenizer
+
+        tokenizer = self.loaded.tokenizer
+        eos = self.generator.default_eos
+        detok = IncrementalDetokenizer(tokenizer)
+        guard = StreamGuard(turn.allowed_rules)
+        started = time.perf_counter()
+        marks: list[float] = []
+        ended = False
+
+        def on_token(tokens: Any) -> bool:
+            nonlocal ended
+            marks.append(time.perf_counter())
+            token = int(tokens[0])
+            if ended or token in eos:
+                ended = True
+                return False
+            delta = detok.push(token)
+            out = guard.feed(delta) if delta else ""
+            if out:
+                item.emit(TokenDelta(out))
+            return not item.cancelled
+
+        with contextlib.ExitStack() as stack:
+            try:
+                names = stack.enter_context(self.registry.use(experts))
+            except AdapterError as exc:
+                item.fail(exc)
+                return
+            ids = torch.tensor([turn.input_ids], device=self.loaded.device)
+            try:
+                generate_fused(
+                    self.registry.peft_model,
+                    ids,
+                    torch.ones_like(ids),
+                    names,
+                    self.fusion,
+                    max_new_tokens=turn.max_new_tokens,
+                    eos_token_id=sorted(eos),
+                    pad_token_id=tokenizer.pad_token_id,
+                    on_token=on_token,
+                    experts=experts,
+                )
+            except Exception as exc:
+                item.fail(GenerationError(f"fused generation failed: {type(exc).__name__}: {exc}"))
+                raise  # like a failed decode step of a batch: the model may be in a bad state
+        tail = detok.finish()
+        if tail:
+            out = guard.feed(tail)
+            if out:
+                item.emit(TokenDelta(out))
+        if item.cancelled:
+            item.fail(RequestCancelled("cancelled"))
+            return
+        first, last = (marks[0], marks[-1]) if marks else (started, started)
+        new_tokens = len(detok.ids)
+        reason = "stop" if ended else ("length" if new_tokens >= turn.max_new_tokens else "cancelled")
+        self._settle(
+            item,
+            turn,
+            guard,
+            detok.text,
+            prefill_ms=(first - started) * 1000,
+            generate_ms=(last - first) * 1000,
+            record={
+                "adapters": list(names),
+                "fused": True,
+                "prompt_tokens": len(turn.input_ids),
+                "reused_tokens": 0,
+                "new_tokens": new_tokens,
+                "batch_size": len(experts),
+                "finish_reason": reason,
+            },
+        )
+
+    # ---- the answer ----
+
+    def _settle(
+        self,
+        item: WorkItem,
+        turn: Turn,
+        guard: StreamGuard,
+        text: str,
+        *,
+        prefill_ms: float,
+        generate_ms: float,
+        record: dict[str, Any],
+    ) -> None:
+        try:
+            tail = guard.finish()
+            if tail:
+                item.emit(TokenDelta(tail))
+            if item.cancelled or record["finish_reason"] == "cancelled":
+                item.fail(RequestCancelled("cancelled"))
+                return
+            answer = self.pipeline.finish(
+                turn,
+                text,
+                prefill_ms=prefill_ms,
+                generate_ms=generate_ms,
+                generated_tokens=record["new_tokens"],
+            )
+            if turn.request.session_id is not None:
+                # The raw text, not the guarded one: the next prompt must repeat exactly what was generated
+                # for the KV-cache session to match it token for token.
+                self.conversations.put(turn.request.session_id, next_history(turn.messages, text))
+            if self.on_record is not None:
+                self.on_record(
+                    RequestRecord(
+                        question=turn.request.question,
+                        experts=[e.value for e in turn.experts],
+                        timings_ms=answer.timings_ms,
+                        **record,
+                    )
+                )
+            item.finish(answer)
+        except Exception as exc:  # never leave the consumer waiting on a bug here
+            log.exception("building the answer failed")
+            item.fail(GenerationError(f"building the answer failed: {type(exc).__name__}: {exc}"))
