@@ -256,6 +256,7 @@ async def test_overload_is_refused_at_once(engine: LocalEngine, hook: Hook) -> N
 
 
 async def test_cancelling_aborts_the_generation(engine: LocalEngine) -> None:
+    await until(lambda: engine.worker.status().in_flight == 0)  # an earlier test's request may still settle
     before = engine.worker.status()
     events = engine.generate(AnswerRequest("Explain the combat damage step in detail.", max_new_tokens=400))
     first = await anext(events)
