@@ -94,6 +94,11 @@ async def until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def idle(engine: LocalEngine) -> None:
+    """Wait until the worker has finished its last batch: it counts a batch just after its last answer."""
+    await until(lambda: engine.worker.status().in_flight == 0 and engine.worker.status().queue_depth == 0)
+
+
 async def collect(engine: LocalEngine, request: AnswerRequest) -> tuple[list[str], Answer]:
     deltas: list[str] = []
     answer: Answer | None = None
@@ -150,6 +155,7 @@ async def test_several_experts_fuse(engine: LocalEngine) -> None:
 
 
 async def test_invalid_request_fails_before_the_worker(engine: LocalEngine) -> None:
+    await idle(engine)
     before = engine.worker.status().processed + engine.worker.status().failed
     with pytest.raises(InvalidRequest):
         await engine.ask(AnswerRequest("   "))
@@ -204,6 +210,7 @@ async def test_two_turns_reuse_the_cache_and_match_recomputing(engine: LocalEngi
 
 
 async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalEngine, hook: Hook) -> None:
+    await idle(engine)
     hook.gate.clear()
     batches_before = engine.worker.status().batches
     questions = {
@@ -224,6 +231,7 @@ async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalE
         hook.gate.set()
     await first
     answers = {q: await t for q, t in tasks.items()}
+    await idle(engine)
     assert engine.worker.status().batches - batches_before == 2  # the held one, then the other four together
     for question, (prefix, expert) in questions.items():
         answer = answers[question]
@@ -235,6 +243,7 @@ async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalE
 
 
 async def test_overload_is_refused_at_once(engine: LocalEngine, hook: Hook) -> None:
+    await idle(engine)
     hook.gate.clear()
     tasks: list[asyncio.Task] = []
     try:
@@ -256,7 +265,7 @@ async def test_overload_is_refused_at_once(engine: LocalEngine, hook: Hook) -> N
 
 
 async def test_cancelling_aborts_the_generation(engine: LocalEngine) -> None:
-    await until(lambda: engine.worker.status().in_flight == 0)  # an earlier test's request may still settle
+    await idle(engine)  # an earlier test's request may still settle
     before = engine.worker.status()
     events = engine.generate(AnswerRequest("Explain the combat damage step in detail.", max_new_tokens=400))
     first = await anext(events)
