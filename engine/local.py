@@ -256,10 +256,11 @@ class LocalEngine:
             from engine.remote_runner import RemoteRunner
 
             self._say(f"Generating on {settings.engine.remote_url} ({backend.name} backend)...")
+            # The embedded tokenizer counts context tokens; the server applies its own chat template.
             remote_pipeline = AnswerPipeline(
                 self._knowledge,
                 self._router,
-                load_embedded_tokenizer(settings.paths),  # counts context tokens; the server applies its template
+                load_embedded_tokenizer(settings.paths),
                 context_tokens=settings.knowledge.context_tokens,
             )
             self._runner = RemoteRunner(remote_pipeline, backend, self.conversations, on_record=self._record)
@@ -300,8 +301,8 @@ def _default_threads() -> None:
     processes kept the cores busy (OpenMP threads spin waiting for each other)."""
     import torch
 
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
+    if not torch.cuda.is_available():  # never more than a caller already chose (tests pin 1)
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
 
 
 def _serving_versions(runner: BatchRunner | RemoteRunner | None) -> dict[str, str]:
