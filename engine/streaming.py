@@ -49,6 +49,7 @@ class WorkItem:
         "_queue",
         "_lock",
         "_on_cancel",
+        "_on_settle",
     )
 
     def __init__(
@@ -58,6 +59,7 @@ class WorkItem:
         *,
         ahead: int = 0,
         on_cancel: Callable[[WorkItem], None] | None = None,
+        on_settle: Callable[[WorkItem], None] | None = None,
     ) -> None:
         self.payload = payload
         self.id = next(_ids)
@@ -74,6 +76,8 @@ class WorkItem:
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._lock = threading.Lock()
         self._on_cancel = on_cancel
+        self._on_settle = on_settle
+        """Called once, on the settling thread, before the consumer can see the outcome."""
 
     @property
     def cancelled(self) -> bool:
@@ -115,6 +119,8 @@ class WorkItem:
             if self.outcome is not None:
                 return False
             self.outcome = outcome
+            if self._on_settle is not None:
+                self._on_settle(self)
             self._post(kind, value)
             return True
 

@@ -126,6 +126,7 @@ class EngineWorker:
         self._backoff_s = 0.0
         self._last_error: str | None = None
         self._counts = {"done": 0, "error": 0, "cancelled": 0}
+        self._counts_lock = threading.Lock()
         self._batches = 0
 
     # ---- lifecycle (event loop side) ----
@@ -167,7 +168,6 @@ class EngineWorker:
             thread = self._thread
         for item in queued:
             item.fail(EngineDead("the engine is shutting down"))
-            self._count(item)
         if thread is not None and thread is not threading.current_thread():
             await asyncio.to_thread(thread.join, timeout)
             if thread.is_alive():
@@ -191,7 +191,7 @@ class EngineWorker:
             ahead = len(self._queue) + len(self._in_flight)
             if len(self._queue) >= self._queue_size:
                 raise EngineOverloaded(ahead=ahead)
-            item = WorkItem(payload, loop, ahead=ahead, on_cancel=self._drop_if_queued)
+            item = WorkItem(payload, loop, ahead=ahead, on_cancel=self._drop_if_queued, on_settle=self._count)
             self._queue.append(item)
             self._cond.notify()
         return RequestStream(item)
@@ -210,6 +210,8 @@ class EngineWorker:
             return stream.result
 
     def status(self) -> WorkerStatus:
+        with self._counts_lock:
+            counts = dict(self._counts)
         with self._cond:
             return WorkerStatus(
                 state=self._state,
@@ -222,9 +224,9 @@ class EngineWorker:
                 queue_capacity=self._queue_size,
                 in_flight=len(self._in_flight),
                 batch_size=self._batch_size,
-                processed=self._counts["done"],
-                failed=self._counts["error"],
-                cancelled=self._counts["cancelled"],
+                processed=counts["done"],
+                failed=counts["error"],
+                cancelled=counts["cancelled"],
                 batches=self._batches,
             )
 
@@ -258,13 +260,12 @@ class EngineWorker:
             except ValueError:
                 return  # running (the runner sees the flag) or already settled
         item.fail(RequestCancelled("cancelled before it started"))
-        self._count(item)
 
     def _count(self, item: WorkItem) -> None:
-        """Tally an item the worker is done with (each is owned, and so counted, exactly once)."""
-        if item.outcome is not None:
-            with self._cond:
-                self._counts[item.outcome] += 1
+        """Tally an item as it settles (``on_settle``: exactly once, before its consumer sees the outcome)."""
+        # Its own lock: the item's lock is held here, and close() settles items while holding _cond.
+        with self._counts_lock:
+            self._counts[item.outcome] += 1
 
     # ---- the thread ----
 
@@ -283,7 +284,6 @@ class EngineWorker:
                 self._queue.clear()
             for item in leftovers:
                 item.fail(EngineDead(reason))
-                self._count(item)
             self._resolve_ready(EngineDead(reason))
 
     def _supervise(self) -> None:
@@ -337,7 +337,6 @@ class EngineWorker:
                 self._in_flight = batch
             for item in dropped:
                 item.fail(RequestCancelled("cancelled before it started"))
-                self._count(item)
             if not batch:
                 continue
             runner.run(batch)  # a raise here is a crash: _supervise handles the batch
@@ -346,7 +345,6 @@ class EngineWorker:
                     item.fail(RequestCancelled("cancelled"))
                 else:  # a no-op when the runner settled it, as it should
                     item.fail(GenerationError("the engine returned no answer for this request"))
-                self._count(item)
             with self._cond:
                 self._in_flight = []
                 self._batches += 1
@@ -384,10 +382,8 @@ class EngineWorker:
             error = GenerationError(f"the engine crashed while answering ({summary}); it is restarting")
             error.__cause__ = exc
             item.fail(error)
-            self._count(item)
         for item in queued:
             item.fail(EngineDead(f"the engine crashed ({summary}) and is restarting"))
-            self._count(item)
 
     def _record_failure(self, exc: Exception, what: str) -> None:
         with self._cond:
