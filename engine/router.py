@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 EXAMPLES_PATH = Path(__file__).parent / "data" / "router_examples.jsonl"
 EXPERTS: tuple[Expert, ...] = tuple(Expert)
 MAX_EXPERTS = 3
-_CLAUSE_SPLIT = re.compile(r"\?\s+|(?:,\s*)?\band then\b|,\s*and\b|;\s*|\.\s+(?=[A-Z])|\band (?=(?:what|should|how|is|was|did|which|if|tell|predict|review|teach|explain|work)\b)", re.I)
+_CLAUSE_SPLIT = re.compile(
+    r"\?\s+|(?:,\s*)?\band then\b|,\s*and\b|;\s*|\.\s+(?=[A-Z])|\band (?=(?:what|should|how|is|was|did|which|if|tell|predict|review|teach|explain|work)\b)",
+    re.I,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +166,10 @@ class Router:
     # -- persistence -------------------------------------------------------------------------
     def save(self, directory: Path, data_hash: str = "") -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({"weight": self.weight.contiguous(), "bias": self.bias.contiguous()}, directory / "router.safetensors")
+        save_file(
+            {"weight": self.weight.contiguous(), "bias": self.bias.contiguous()},
+            directory / "router.safetensors",
+        )
         meta = {
             "experts": [e.value for e in EXPERTS],
             "embedding_model": self.embedder.model_id,
@@ -175,10 +181,14 @@ class Router:
         tmp.replace(directory / "router.json")
 
     @classmethod
-    def load(cls, directory: Path, embedder: Embedder, thresholds: Mapping[Expert, float] | float = 0.5) -> Router:
+    def load(
+        cls, directory: Path, embedder: Embedder, thresholds: Mapping[Expert, float] | float = 0.5
+    ) -> Router:
         meta = json.loads((directory / "router.json").read_text())
         if meta["experts"] != [e.value for e in EXPERTS] or meta["embedding_model"] != embedder.model_id:
-            raise ValueError(f"router in {directory} was trained for other experts or another embedding model")
+            raise ValueError(
+                f"router in {directory} was trained for other experts or another embedding model"
+            )
         tensors = load_file(directory / "router.safetensors")
         router = cls(tensors["weight"], tensors["bias"], embedder, thresholds)
         if meta.get("metrics"):

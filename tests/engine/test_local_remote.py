@@ -77,8 +77,12 @@ async def test_remote_answer_is_grounded_and_cited_in_process(engine: LocalEngin
     assert sent["model"] == "reason" and sent["stream"] is True and sent["max_tokens"] == 24
     assert "How does trample work?" in sent["messages"][-1]["content"]
     # citations come from the local index, with the release they quote, and the prompt held those passages
-    assert any(c.kind == "rule" and c.id.startswith("702.19") and c.release == "2026-01-16" for c in answer.citations)
-    assert all(p.text in sent["messages"][-1]["content"] or p.text in str(sent["messages"]) for p in answer.passages)
+    assert any(
+        c.kind == "rule" and c.id.startswith("702.19") and c.release == "2026-01-16" for c in answer.citations
+    )
+    assert all(
+        p.text in sent["messages"][-1]["content"] or p.text in str(sent["messages"]) for p in answer.passages
+    )
     # the grounding guard removed the invented rule number, in the stream and in the final text
     assert "999.9z" not in answer.text and "999.9z" not in "".join(deltas)
     assert answer.text.startswith("Trample lets excess damage through")
@@ -89,10 +93,16 @@ async def test_remote_answer_is_grounded_and_cited_in_process(engine: LocalEngin
 async def test_expert_without_a_module_on_the_server_is_an_adapter_error(
     engine: LocalEngine, server: ScriptedServer
 ):
-    server.by_model["teach"] = {"kind": "status", "status": 404, "body": {"error": {"message": "no such model"}}}
+    server.by_model["teach"] = {
+        "kind": "status",
+        "status": 404,
+        "body": {"error": {"message": "no such model"}},
+    }
     with pytest.raises(AdapterError):
         await engine.ask(AnswerRequest("Teach me trample", experts=(Expert.TEACH,)))
-    answer = await engine.ask(AnswerRequest("What is trample?", experts=(Expert.EXPLAIN,)))  # others unaffected
+    answer = await engine.ask(
+        AnswerRequest("What is trample?", experts=(Expert.EXPLAIN,))
+    )  # others unaffected
     assert answer.citations
 
 

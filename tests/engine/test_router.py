@@ -59,7 +59,10 @@ def test_heldout_accuracy_is_reported_and_useful(router):
         ("I'm a total beginner, can you teach me how attacking works?", Expert.TEACH),
         ("Should I attack with my 3/3 into their two untapped 2/2s or hold back?", Expert.PREDICT),
         ("Last game my opponent cast a sorcery on my turn. Was that legal?", Expert.RETROSPECT),
-        ("If my creature with deathtouch is blocked by an indestructible creature, what happens?", Expert.REASON),
+        (
+            "If my creature with deathtouch is blocked by an indestructible creature, what happens?",
+            Expert.REASON,
+        ),
     ],
 )
 def test_routes_plain_questions_to_the_obvious_expert(router, question, expert):
@@ -67,7 +70,9 @@ def test_routes_plain_questions_to_the_obvious_expert(router, question, expert):
 
 
 def test_compound_question_selects_several_experts(router):
-    decision = router.route("Explain what flying means, and should I attack with my flyer into their reach creature?")
+    decision = router.route(
+        "Explain what flying means, and should I attack with my flyer into their reach creature?"
+    )
     assert Expert.EXPLAIN in decision.experts and Expert.PREDICT in decision.experts
 
 
@@ -101,7 +106,9 @@ def test_save_load_round_trip_and_cache(tmp_path, router, examples):
 
     (tmp_path / "router" / "router.json").write_text(json.dumps({"data_hash": "stale"}))
     examples_file = tmp_path / "few.jsonl"
-    examples_file.write_text("".join(json.dumps({"text": ex.text, "experts": list(ex.experts)}) + "\n" for ex in examples[::5]))
+    examples_file.write_text(
+        "".join(json.dumps({"text": ex.text, "experts": list(ex.experts)}) + "\n" for ex in examples[::5])
+    )
     retrained = load_or_train_router(tmp_path, router.embedder, examples_path=examples_file)
     meta = json.loads((tmp_path / "router" / "router.json").read_text())
     assert meta["data_hash"] == examples_hash(load_examples(examples_file))
