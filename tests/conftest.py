@@ -37,6 +37,18 @@ def latest_rules_path(rules_dir: Path) -> Path:
     return rules_dir / "2026-01-16.txt"
 
 
+@pytest.fixture(scope="session")
+def real_engine_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One state dir for every test that runs the real engine: its search index is built once per session.
+
+    HEXCORE_TEST_STATE_DIR keeps it across sessions (development; building it takes minutes on 2 cores).
+    """
+    override = os.environ.get("HEXCORE_TEST_STATE_DIR")
+    path = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def settings(tmp_path: Path, data_dir: Path) -> Settings:
     """Settings pointing at the real data and a fresh state dir under tmp_path."""

@@ -21,13 +21,8 @@ RELEASE = "2026-01-16"
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Shared with the other real-engine test modules: the search index is built once per test session.
-    # HEXCORE_TEST_STATE_DIR keeps it across sessions (development; building it takes minutes on 2 cores).
-    override = os.environ.get("HEXCORE_TEST_STATE_DIR")
-    path = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def state_dir(real_engine_state_dir: Path) -> Path:
+    return real_engine_state_dir
 
 
 @pytest.fixture(scope="module")

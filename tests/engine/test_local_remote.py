@@ -6,7 +6,6 @@ scripted server of test_remote.py records every request, so the tests see exactl
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,12 +36,8 @@ def server() -> Iterator[ScriptedServer]:
 
 
 @pytest.fixture(scope="module")
-def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The same session-wide state dir as test_local.py: the search index is built once per session.
-    override = os.environ.get("HEXCORE_TEST_STATE_DIR")
-    path = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def state_dir(real_engine_state_dir: Path) -> Path:
+    return real_engine_state_dir
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
