@@ -121,6 +121,29 @@ class CrossExpertAttention(nn.Module):
         return fusion.to(device)
 
 
+FUSION_DIR = "fusion"
+"""Trained fusions live in ``<state_dir>/fusion``: ``v<n>/`` versions and a ``serving.json`` pointer."""
+SERVING_POINTER = "serving.json"
+
+
+def fusion_root(state_dir: Path | str) -> Path:
+    return Path(state_dir) / FUSION_DIR
+
+
+def serving_fusion_dir(root: Path | str) -> Path | None:
+    """The serving version's directory under ``root`` (``<state_dir>/fusion``), or None when none is promoted.
+
+    Written by ``training.fusion_train.FusionStore``; read here so serving and training agree on one place.
+    """
+    root = Path(root)
+    try:
+        version = json.loads((root / SERVING_POINTER).read_text(encoding="utf-8")).get("serving")
+    except (OSError, ValueError, AttributeError):
+        return None
+    path = root / version if isinstance(version, str) and version else None
+    return path if path is not None and path.is_dir() else None
+
+
 # --- running the experts as one batch ----------------------------------------------------------------------
 
 

@@ -8,8 +8,8 @@ retrieval, prompting and generation all run in the worker thread (``engine.pipel
 
 A batch of requests from the worker becomes one generator batch: one-expert requests decode together with
 one LoRA adapter per row (mixed-adapter batching); a request routed to several experts runs as one fused
-generation (``engine.fusion``: cross-expert attention, a uniform average until a trained fusion is saved in
-``<state_dir>/adapters/fusion``). A request with a ``session_id`` keeps its conversation as chat messages
+generation (``engine.fusion``: cross-expert attention, a uniform average until a trained fusion is promoted
+in ``<state_dir>/fusion``). A request with a ``session_id`` keeps its conversation as chat messages
 and its KV cache, so the next turn prefills only the new message.
 
 The knowledge base, router and conversations survive a worker restart (they are not what crashed); the
@@ -280,7 +280,7 @@ class LocalEngine:
             loaded,
             registry,
             SessionStore.from_settings(settings.engine),
-            load_fusion(store.root, loaded),
+            load_fusion(settings.paths.state_dir, loaded),
             self.conversations,
             batch_size=settings.engine.batch_size,
             preload_adapters=self.preload_adapters,

@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FUSION_DIR = "fusion"
-"""A trained ``CrossExpertAttention`` is looked for in ``<state_dir>/adapters/fusion``."""
 RETRIEVE_K = 6
 """Passages retrieved per question before assembly; more mostly adds noise for a small model."""
 HISTORY_CHARS = 9600
@@ -282,13 +280,14 @@ class RequestRecord:
     timings_ms: dict[str, float]
 
 
-def load_fusion(adapters_root: Any, loaded: Any) -> Any:
-    """The trained fusion module when one is saved, else an untrained one (= the experts' average)."""
-    from engine.fusion import FUSION_CONFIG, CrossExpertAttention
+def load_fusion(state_dir: Any, loaded: Any) -> Any:
+    """The promoted fusion (``<state_dir>/fusion/serving.json``) when there is one, else an untrained
+    one (= the experts' average)."""
+    from engine.fusion import FUSION_CONFIG, CrossExpertAttention, fusion_root, serving_fusion_dir
 
-    path = adapters_root / FUSION_DIR
+    path = serving_fusion_dir(fusion_root(state_dir))
     hidden = int(loaded.model.config.get_text_config().hidden_size)
-    if (path / FUSION_CONFIG).is_file():
+    if path is not None and (path / FUSION_CONFIG).is_file():
         try:
             fusion = CrossExpertAttention.load(path, device=loaded.device)
             if fusion.hidden_size == hidden:

@@ -247,7 +247,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(f"{expert} rolled back to {done.version}")
 
     @adapters.command("export")
-    @click.option("--base", "base_model", required=True, help="Base model as the vLLM host loads it (path or id).")
+    @click.option(
+        "--base", "base_model", required=True, help="Base model as the vLLM host loads it (path or id)."
+    )
     @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
     @click.option("--expert", "experts", multiple=True, type=click.Choice(EXPERT_NAMES), help="Only these.")
     @_fail_on_known_errors

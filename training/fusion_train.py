@@ -31,13 +31,18 @@ from typing import Any
 
 import torch
 
-from engine.fusion import CrossExpertAttention, expert_hidden_states, expert_index
+from engine.fusion import (
+    FUSION_DIR,
+    CrossExpertAttention,
+    expert_hidden_states,
+    expert_index,
+    serving_fusion_dir,
+)
 from training.batching import IGNORE_INDEX, encode_example
 from training.config import TrainConfig
 from training.errors import NotEnoughData
 from training.examples import TrainingExample
 
-FUSION_DIR = "fusion"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -72,11 +77,7 @@ class FusionStore:
 
     def serving(self) -> Path | None:
         """The serving fusion's directory (what the engine loads with ``CrossExpertAttention.load``)."""
-        try:
-            version = json.loads((self.root / "serving.json").read_text(encoding="utf-8")).get("serving")
-        except (OSError, ValueError):
-            return None
-        return self.root / version if version and (self.root / version).is_dir() else None
+        return serving_fusion_dir(self.root)
 
     def save_new(self, fusion: CrossExpertAttention, meta: dict[str, Any]) -> str:
         self.root.mkdir(parents=True, exist_ok=True)

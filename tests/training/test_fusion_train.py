@@ -75,3 +75,25 @@ def test_fusion_store_versions_and_pointer(tmp_path: Path) -> None:
     assert torch.equal(loaded.score, fusion.score)
     store.promote(v1)
     assert store.serving().name == "v1"
+
+
+def test_the_engine_serves_the_fusion_training_promoted(tiny_model_factory, tmp_path: Path) -> None:
+    """Training writes where serving reads: ``FusionStore.from_settings`` and ``load_fusion`` agree."""
+    from engine.pipeline import load_fusion
+    from hexcore.settings import PathSettings, Settings
+
+    loaded = tiny_model_factory()
+    hidden = int(loaded.model.config.hidden_size)
+    settings = Settings(paths=PathSettings(state_dir=tmp_path / "state"))
+    untrained = load_fusion(settings.paths.state_dir, loaded)
+    assert torch.count_nonzero(untrained.score) == 0  # nothing promoted: the plain average
+
+    store = FusionStore.from_settings(settings)
+    trained = CrossExpertAttention(hidden)
+    with torch.no_grad():
+        trained.score.fill_(0.25)
+    version = store.save_new(trained, {"metrics": {}})
+    assert torch.count_nonzero(load_fusion(settings.paths.state_dir, loaded).score) == 0  # saved, not served
+    store.promote(version)
+    served = load_fusion(settings.paths.state_dir, loaded)
+    assert torch.equal(served.score, trained.score)
