@@ -96,6 +96,7 @@ async def run_level(engine: LocalEngine, level: int, total: int, max_new_tokens:
         "p95_s": round(percentile(latencies, 0.95), 2),
         "worker_batches": engine.worker.status().batches - before,
         "max_rows_decoded_together": max(batch_sizes),
+        "latencies_s": [round(x, 3) for x in latencies],
     }
 
 
@@ -117,7 +118,7 @@ async def main(args: argparse.Namespace) -> list[dict]:
             total = args.requests or max(8, 2 * level)
             result = await run_level(engine, level, total, args.max_new_tokens)
             results.append(result)
-            print(json.dumps(result), flush=True)
+            print(json.dumps({k: v for k, v in result.items() if k != "latencies_s"}), flush=True)
         base = results[0]["answers_per_s"] if results and results[0]["concurrency"] == 1 else None
         if base:
             for result in results:
@@ -161,10 +162,26 @@ if __name__ == "__main__":
         "--threads", type=int, default=0, help="torch threads (default: HEXCORE_ENGINE_THREADS)."
     )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "img",
+        help="Write the latency chart (PNG) here.",
+    )
     args = parser.parse_args()
     if args.threads:
         os.environ["HEXCORE_ENGINE_THREADS"] = str(args.threads)  # the model loader applies it
     results = asyncio.run(main(args))
     print(markdown(results, args))
+    if args.plots:
+        from evaluation.plots import plot_latency_distributions
+
+        chart = plot_latency_distributions(
+            {f"{r['concurrency']} concurrent": r["latencies_s"] for r in results},
+            args.plots / "concurrency-latency.png",
+            f"Answer latency per request, mixed experts, {args.max_new_tokens} new tokens max",
+            unit="s",
+        )
+        print(f"chart: {chart}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

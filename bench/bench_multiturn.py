@@ -78,6 +78,12 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "img",
+        help="write the time-to-first-token chart (PNG) here",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -123,6 +129,15 @@ def main() -> None:
     )
     print(f"  speed-up: {scratch / reuse:.1f}x (target >= 5x)")
     print(f"session store: {sessions.stats()}")
+    if args.plots:
+        from evaluation.plots import plot_latency_distributions
+
+        chart = plot_latency_distributions(
+            {"from scratch": scratch_ms, "session reuse": reuse_ms},
+            args.plots / "multiturn-ttft.png",
+            f"Second-turn time to first token, {prompt_tokens}-token prompt",
+        )
+        print(f"chart: {chart}")
 
 
 if __name__ == "__main__":

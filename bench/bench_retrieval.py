@@ -89,6 +89,48 @@ def percentiles(samples: list[float]) -> dict:
     }
 
 
+def write_plots(
+    directory: Path,
+    budget_ms: float,
+    budgeted: list[float],
+    forced: list[float],
+    lexical: list[float],
+    recall: dict,
+    k: int,
+) -> list[str]:
+    from evaluation.plots import plot_latency_distributions, plot_metrics_by_group
+
+    paths = [
+        plot_latency_distributions(
+            {
+                f"hybrid (budget {budget_ms:g} ms)": budgeted,
+                "hybrid (every stage)": forced,
+                "BM25 alone": lexical,
+            },
+            directory / "retrieval-latency.png",
+            "Warm retrieval latency per query (cache off)",
+        )
+    ]
+    quiz = recall.get("quiz-dev")
+    if quiz:
+        groups = {
+            name: {"hybrid": value, "BM25": quiz["bm25_by_difficulty"].get(name, 0.0)}
+            for name, value in quiz["hybrid_by_difficulty"].items()
+        }
+        groups["all"] = {"hybrid": quiz["hybrid"], "BM25": quiz["bm25"]}
+        counts = dict(quiz["scored_by_difficulty"], all=quiz["scored"])
+        paths.append(
+            plot_metrics_by_group(
+                groups,
+                ["hybrid", "BM25"],
+                directory / "retrieval-recall-by-difficulty.png",
+                f"Recall@{k} on quiz-dev.jsonl per difficulty",
+                counts=counts,
+            )
+        )
+    return [str(p) for p in paths]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -102,6 +144,12 @@ def main() -> None:
         "--torch-threads", type=int, default=None, help="torch.set_num_threads before encoding"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "docs" / "img",
+        help="write the latency and recall charts (PNG) here",
+    )
     args = parser.parse_args()
 
     if args.torch_threads:
@@ -156,6 +204,8 @@ def main() -> None:
             "hybrid": round(h.recall, 4),
             "bm25": round(b.recall, 4),
             "hybrid_by_difficulty": {d: round(v["recall"], 3) for d, v in h.by_difficulty.items()},
+            "bm25_by_difficulty": {d: round(v["recall"], 3) for d, v in b.by_difficulty.items()},
+            "scored_by_difficulty": {d: int(v["scored"]) for d, v in h.by_difficulty.items()},
         }
         print(
             f"recall@{args.k} {name}: hybrid {h.recall:.3f}  bm25 {b.recall:.3f}  ({h.scored} questions)",
@@ -200,6 +250,18 @@ def main() -> None:
         flush=True,
     )
 
+    for q in latency_queries[:20]:
+        baseline.search(q, k=8)
+    lexical: list[float] = []
+    for _ in range(args.latency_rounds):
+        for q in latency_queries:
+            started = time.perf_counter()
+            baseline.search(q, k=8)
+            lexical.append((time.perf_counter() - started) * 1000)
+    out["latency_bm25_ms"] = percentiles(lexical)
+    lat = out["latency_bm25_ms"]
+    print(f"latency BM25 alone (warm): p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms", flush=True)
+
     # Unlimited budget: degraded (not cached) results would make this measure the machine load, not the cache.
     cached = hybrid(float("inf"), cache_size=KnowledgeSettings().cache_size)
     rng = random.Random(0)
@@ -213,6 +275,9 @@ def main() -> None:
         f"cache hit rate on a {len(mix)}-request mix of {len(pool)} questions: {out['cache']['hit_rate']:.3f}"
     )
 
+    if args.plots:
+        out["plots"] = write_plots(args.plots, args.budget_ms, totals, full, lexical, out["recall"], args.k)
+        print("charts: " + ", ".join(out["plots"]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
