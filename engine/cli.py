@@ -110,6 +110,8 @@ async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stre
         core = written.lstrip()
         if answer.text.startswith(core):
             out.write(answer.text[len(core) :])
+        elif core.startswith(answer.text):
+            pass  # the final text was cut (a loop at the end): what is on screen already holds it
         elif core.rstrip() != answer.text:
             out.write(("\n" if written else "") + answer.text)
         experts = ", ".join(e.value for e in answer.experts)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -115,6 +116,10 @@ class GenJob:
     """0 = greedy (the default)."""
     top_p: float = 1.0
     repetition_penalty: float = 1.0
+    stop_on_repeat: int = 0
+    """End the answer when it repeats an n-gram of *itself* this long (finish reason ``repetition``;
+    the prompt is exempt: quoting the rules is the point). 0 = off. Small models fall into loops ("The
+    answer is: ... The answer is: ..."); banning the repeat instead made them misspell their way around it."""
     logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None
     """``(ids so far, float32 next-token scores) -> scores`` before the choice: ban tokens, constrain, inspect."""
     seed: int | None = None
@@ -327,6 +332,19 @@ class _Row:
     first_token_at: float = 0.0
     last_token_at: float = 0.0
     done: bool = False
+    ngrams: set[tuple[int, ...]] | None = None
+    """With ``stop_on_repeat`` n: the answer's n-grams so far."""
+
+    def repeats(self) -> bool:
+        """Whether the newest token completed an n-gram the answer already contained (then remember it)."""
+        n = self.job.stop_on_repeat
+        if self.ngrams is None or len(self.generated) < n:
+            return False
+        gram = tuple(self.generated[-n:])
+        if gram in self.ngrams:
+            return True
+        self.ngrams.add(gram)
+        return False
 
     @property
     def reach(self) -> int:
@@ -602,6 +620,7 @@ class Generator:
             detok=IncrementalDetokenizer(self.tokenizer),
             stats=stats,
             rng=rng,
+            ngrams=set() if job.stop_on_repeat > 0 else None,
         )
 
     def _session_prefix(self, row: _Row) -> tuple[DynamicCache | None, int]:
@@ -701,7 +720,9 @@ class Generator:
                 except Exception as exc:  # the consumer is broken or gone: stop this row only
                     self._fail(row, exc)
                     return
-            if len(row.generated) >= row.max_new:
+            if row.repeats():
+                row.stats.finish_reason = "repetition"
+            elif len(row.generated) >= row.max_new:
                 row.stats.finish_reason = "length"
             elif _safe_call(row.job.is_cancelled, default=True):
                 row.stats.finish_reason = "cancelled"
@@ -730,6 +751,24 @@ class Generator:
 
 
 # ---- helpers ----
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
+
+
+def cut_repeated_tail(text: str, repeated: str) -> str:
+    """The answer without the loop it fell into: drop the repeated run (``repeated``, the decoded n-gram
+    that stopped it) and the unfinished sentence it started, back to the last sentence end.
+
+    Keeps ``text`` unchanged when it does not end with the run, or when no sentence ends before it.
+    """
+    body = text.rstrip()
+    run = repeated.strip()
+    if not run or not body.endswith(run):
+        return text
+    body = body[: len(body) - len(run)]
+    ends = [m.end() for m in _SENTENCE_END.finditer(body)]
+    return body[: ends[-1]].rstrip() if ends else text
 
 
 def _is_peft(model: Any) -> bool:

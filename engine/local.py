@@ -283,6 +283,7 @@ class LocalEngine:
             load_fusion(settings.paths.state_dir, loaded),
             self.conversations,
             batch_size=settings.engine.batch_size,
+            stop_on_repeat=settings.engine.stop_on_repeat,
             preload_adapters=self.preload_adapters,
             before_generate=self.before_generate,
             on_record=self._record,

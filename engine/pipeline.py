@@ -317,6 +317,7 @@ class BatchRunner:
         conversations: Any,
         *,
         batch_size: int,
+        stop_on_repeat: int = 0,
         preload_adapters: bool = True,
         before_generate: Callable[[list[AnswerRequest]], None] | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
@@ -330,6 +331,7 @@ class BatchRunner:
         self.sessions = sessions
         self.fusion = fusion
         self.batch_size = batch_size
+        self.stop_on_repeat = stop_on_repeat
         self.unavailable: dict[Expert, str] = {}
         """Experts whose adapter failed to register, with the reason."""
         if preload_adapters:
@@ -440,6 +442,8 @@ class BatchRunner:
             self.generator.run_batch(jobs)
 
     def _job(self, job_type: Any, item: WorkItem, turn: Turn, adapter: str) -> Any:
+        from engine.generation import cut_repeated_tail, decode_text
+
         guard = StreamGuard(turn.allowed_rules)
         pieces: list[str] = []
 
@@ -450,11 +454,16 @@ class BatchRunner:
                 item.emit(TokenDelta(out))
 
         def on_done(ids: list[int], stats: Any) -> None:
+            shown = None
+            if stats.finish_reason == "repetition":  # the answer looped: show it without the loop
+                repeated = decode_text(self.loaded.tokenizer, ids[-self.stop_on_repeat :])
+                shown = cut_repeated_tail("".join(pieces), repeated)
             self._settle(
                 item,
                 turn,
                 guard,
                 "".join(pieces),
+                shown=shown,
                 prefill_ms=stats.prefill_ms,
                 generate_ms=stats.decode_ms,
                 record={
@@ -478,6 +487,7 @@ class BatchRunner:
             on_error=item.fail,
             is_cancelled=item.cancel_event.is_set,
             submitted_at=turn.submitted_at,
+            stop_on_repeat=self.stop_on_repeat,
         )
 
     # ---- several experts: cross-expert attention ----
@@ -573,7 +583,10 @@ class BatchRunner:
         prefill_ms: float,
         generate_ms: float,
         record: dict[str, Any],
+        shown: str | None = None,
     ) -> None:
+        """Answer the request. ``text`` is exactly what was generated (the conversation keeps it, token for
+        token, to match its KV cache); ``shown``, when given, is what the user gets instead."""
         try:
             tail = guard.finish()
             if tail:
@@ -583,7 +596,7 @@ class BatchRunner:
                 return
             answer = self.pipeline.finish(
                 turn,
-                text,
+                text if shown is None else shown,
                 prefill_ms=prefill_ms,
                 generate_ms=generate_ms,
                 generated_tokens=record["new_tokens"],

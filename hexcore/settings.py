@@ -104,6 +104,8 @@ class EngineSettings(BaseSettings):
     """``4bit`` or ``8bit`` (bitsandbytes, CUDA)."""
     threads: int | None = None
     max_new_tokens: int = Field(160, ge=1, le=4096)
+    stop_on_repeat: int = Field(12, ge=0, le=256)
+    """End a local answer when it repeats a run of this many of its own tokens (0 = off): stops loops."""
     queue_size: int = Field(32, ge=1)
     batch_size: int = Field(8, ge=1)
     session_memory_mb: float = Field(512.0, gt=0)
@@ -131,6 +133,7 @@ class BotSettings(BaseSettings):
     cooldown_s: float = Field(5.0, ge=0)
     stream_edit_interval_s: float = Field(1.0, ge=0.2)
     streaming: bool = True
+
     @field_validator("shard_ids", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -142,7 +145,9 @@ class BotSettings(BaseSettings):
     def _check_shards(self) -> BotSettings:
         if self.shard_ids is not None:
             if self.shard_count is None:
-                raise ValueError("HEXCORE_BOT_SHARD_IDS needs HEXCORE_BOT_SHARD_COUNT (the total number of shards)")
+                raise ValueError(
+                    "HEXCORE_BOT_SHARD_IDS needs HEXCORE_BOT_SHARD_COUNT (the total number of shards)"
+                )
             if len(set(self.shard_ids)) != len(self.shard_ids):
                 raise ValueError(f"HEXCORE_BOT_SHARD_IDS has duplicates: {self.shard_ids}")
             bad = [i for i in self.shard_ids if not 0 <= i < self.shard_count]

@@ -12,7 +12,15 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from engine.errors import AdapterError, GenerationError, InvalidRequest
-from engine.generation import BASE_ADAPTER, Generator, GenJob, GenStats, IncrementalDetokenizer, decode_text
+from engine.generation import (
+    BASE_ADAPTER,
+    Generator,
+    GenJob,
+    GenStats,
+    IncrementalDetokenizer,
+    cut_repeated_tail,
+    decode_text,
+)
 from engine.model_loader import LoadedModel, load_base_model
 from engine.prompts import build_messages, encode_messages, next_history
 from engine.sessions import SessionStore
@@ -309,6 +317,57 @@ def test_session_rows_batch_with_plain_rows_and_reuse_equals_recompute(tiny_mode
 # 1 row vs 2), so a near-tie between two tokens can flip. The decode attention itself is batch-invariant
 # (rows start at column 0, padding on the right). So: exact token equality on a float32 copy of the real
 # model (with two LoRA adapters); in bfloat16, differences only of rounding size.
+
+
+def cycle(tokens: list[int]) -> Callable[[list[int], torch.Tensor], torch.Tensor]:
+    """A logits processor that makes the model emit ``tokens`` over and over (a loop, on purpose)."""
+
+    def force(ids: list[int], scores: torch.Tensor) -> torch.Tensor:
+        forced = torch.full_like(scores, float("-inf"))
+        forced[tokens[force.step % len(tokens)]] = 0.0
+        force.step += 1
+        return forced
+
+    force.step = 0  # type: ignore[attr-defined]
+    return force
+
+
+def test_a_looping_answer_stops_at_its_first_repeated_run(tiny_gen: Generator) -> None:
+    loop = [101, 202, 303, 404]
+    prompt = [7, 8, *loop, *loop, 9]  # the prompt holds the run twice: quoting it is not a loop
+    stopped, unchecked, longer = run(
+        tiny_gen,
+        [
+            {"input_ids": prompt, "max_new_tokens": 40, "stop_on_repeat": 3, "logits_processor": cycle(loop)},
+            {"input_ids": prompt, "max_new_tokens": 40, "logits_processor": cycle(loop)},
+            {"input_ids": prompt, "max_new_tokens": 40, "stop_on_repeat": 5, "logits_processor": cycle(loop)},
+        ],
+    )
+    # 101 202 303 404 101 202 303: the 3-gram (101, 202, 303) is back at token 7
+    assert stopped.ids == [*loop, 101, 202, 303] and stopped.stats.finish_reason == "repetition"
+    assert unchecked.stats.finish_reason == "length" and len(unchecked.ids) == 40
+    assert longer.ids == [*loop, *loop, 101] and longer.stats.finish_reason == "repetition"
+
+
+@pytest.mark.parametrize(
+    ("text", "repeated", "shown"),
+    [
+        (
+            "Trample lets excess damage through. The answer is: Trample lets excess",
+            " Trample lets excess",
+            "Trample lets excess damage through.",
+        ),
+        ("No.\n\nThe rules say so and the rules say", "the rules say", "No."),
+        (
+            "It deals damage to a creature with deathtouch to a creature with",
+            "to a creature with",
+            "It deals damage to a creature with deathtouch to a creature with",
+        ),  # no sentence end: kept
+        ("Nothing repeats here.", "something else", "Nothing repeats here."),
+    ],
+)
+def test_cut_repeated_tail(text: str, repeated: str, shown: str) -> None:
+    assert cut_repeated_tail(text, repeated) == shown
 
 
 @pytest.fixture(scope="module")
