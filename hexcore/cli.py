@@ -11,7 +11,7 @@ import sys
 
 import click
 
-COMMAND_MODULES = ("knowledge.cli", "engine.cli", "bot.cli", "training.cli")
+COMMAND_MODULES = ("knowledge.cli", "engine.cli", "bot.cli", "training.cli", "evaluation.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
