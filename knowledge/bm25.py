@@ -8,6 +8,7 @@ with English stopwords removed; rule numbers ("702.19b") stay whole tokens so "r
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
@@ -22,6 +23,10 @@ from bm25s.stopwords import STOPWORDS_EN
 
 from knowledge.models import Passage, RetrievalResult, RulesDocument
 from knowledge.passages import index_texts
+
+# bm25s sets its own logger to DEBUG on import, so "Building index from tokens" reached every user's
+# terminal. NOTSET hands the level back to the application's logging configuration (``hexcore -vv``).
+logging.getLogger("bm25s").setLevel(logging.NOTSET)
 
 _TOKEN = re.compile(r"\d{3}\.\d+[a-z]?|[a-z0-9]+")
 _STOPWORDS = frozenset(STOPWORDS_EN) - {"can", "cannot", "not", "no", "all", "each", "only", "first", "any"}

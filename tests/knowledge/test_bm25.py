@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from knowledge.bm25 import BM25Index, BM25Retriever, Tokenizer
@@ -50,3 +52,14 @@ def test_baseline_retriever_signature(passages, rules_doc) -> None:
     assert len(results) == 4
     assert all(r.sources == frozenset({"bm25"}) for r in results)
     assert any(r.passage.citation.id.startswith("702.2") for r in results)
+
+
+def test_building_an_index_logs_nothing_unless_debug_is_asked_for(passages, caplog) -> None:
+    """bm25s forces its logger to DEBUG on import; every ``hexcore search`` printed its build message."""
+    some = passages[:50]
+    with caplog.at_level(logging.WARNING):
+        BM25Index(some, index_texts(some))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("bm25s")] == []
+    with caplog.at_level(logging.DEBUG):
+        BM25Index(some, index_texts(some))
+    assert any(r.name.startswith("bm25s") for r in caplog.records)  # still there with -vv
