@@ -40,7 +40,15 @@ class Embedder:
         if not path.exists():
             raise DataMissing(f"Embedding model not found at {path}; set HEXCORE_KNOWLEDGE_EMBEDDING_MODEL")
         self.model_id = "all-MiniLM-L6-v2" if model == EMBEDDED else str(path)
-        self._model = SentenceTransformer(str(path), device=device)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar in every command's output says nothing
+        try:
+            self._model = SentenceTransformer(str(path), device=device)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         self.dim = int(self._model.get_embedding_dimension())
         self._lock = threading.Lock()
 

@@ -16,7 +16,7 @@ from bot.scheduler import RETRAIN, JobScheduler
 from bot.storage import FeedbackStore
 from hexcore.settings import BotSettings, Settings, TrainingSettings
 from tests.bot.harness import DEFERRED_MESSAGE, DiscordHarness
-from tests.bot.test_status_plot import png_size
+from tests.bot.png import png_size
 
 
 class Report:

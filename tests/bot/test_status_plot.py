@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import struct
-import zlib
 
 import pytest
 
-from bot.status_plot import PNG_SIGNATURE, curves_from_runs, render_status_png
+from bot.status_plot import curves_from_runs, render_status_png
 from bot.storage import RetrainRun
+from tests.bot.png import png_size
 
 T0 = dt.datetime(2026, 3, 1, 3, 0, tzinfo=dt.UTC)
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the IHDR chunk, after checking the signature and the chunk's CRC."""
-    assert data[:8] == PNG_SIGNATURE
-    length, kind = struct.unpack(">I4s", data[8:16])
-    assert kind == b"IHDR" and length == 13
-    body = data[16 : 16 + length]
-    (crc,) = struct.unpack(">I", data[16 + length : 20 + length])
-    assert crc == zlib.crc32(kind + body)
-    assert data.endswith(b"IEND\xaeB`\x82")
-    return struct.unpack(">II", body[:8])
 
 
 def run(i: int, experts: dict | None, status: str = "promoted") -> RetrainRun:

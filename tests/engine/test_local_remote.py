@@ -17,7 +17,7 @@ from engine.api import AnswerRequest, Expert, TokenDelta
 from engine.errors import AdapterError
 from engine.local import LocalEngine
 from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
-from tests.engine.test_remote import ScriptedServer
+from tests.engine.scripted_server import ScriptedServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 

@@ -59,7 +59,11 @@ def test_shard_ids_accept_comma_and_json_lists(monkeypatch, raw):
 
 @pytest.mark.parametrize(
     ("count", "ids", "message"),
-    [(None, "0,1", "needs HEXCORE_BOT_SHARD_COUNT"), ("2", "1,1", "duplicates"), ("2", "1,2", r"outside 0\.\.1")],
+    [
+        (None, "0,1", "needs HEXCORE_BOT_SHARD_COUNT"),
+        ("2", "1,1", "duplicates"),
+        ("2", "1,2", r"outside 0\.\.1"),
+    ],
 )
 def test_bad_shard_settings_are_one_clear_error(monkeypatch, count, ids, message):
     if count:

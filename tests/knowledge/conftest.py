@@ -7,12 +7,15 @@ specific (``rules_doc``, ``knowledge_index``, ...) so test modules can keep thei
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from hexcore.settings import KnowledgeSettings, PathSettings, Settings
 from knowledge.models import Card, RulesDocument
+from tests.knowledge.http_fixtures import RULES_HREF, RULES_TXT, FixtureServer, fixture_objects, write_index
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +115,27 @@ def make_hybrid(knowledge_index, retrieval_embedder, knowledge_graph, card_db, r
         )
 
     return make
+
+
+@pytest.fixture
+def site(tmp_path: Path, cards_dir: Path, latest_rules_path: Path):
+    """The served folder: a rules page linking a rules .txt, a bulk-data index, and the two bulk files."""
+    root = tmp_path / "site"
+    (root / "media/2026/downloads").mkdir(parents=True)
+    shutil.copyfile(latest_rules_path, root / RULES_TXT.lstrip("/"))
+    (root / "en").mkdir()
+    (root / "en/rules.html").write_text(
+        "<html><body><h1>Rules</h1>"
+        '<a href="https://example.invalid/docs/MTG_MTR.pdf">Tournament rules</a>'
+        '<a href="/media/2026/downloads/MagicCompRules%2020260116.pdf">PDF</a>'
+        f'<a class="txt" href="{RULES_HREF}">TXT</a>'
+        "</body></html>",
+        encoding="utf-8",
+    )
+    cards, rulings = fixture_objects(cards_dir)
+    (root / "bulk").mkdir()
+    (root / "bulk/oracle-cards-20260101.json").write_text(json.dumps(cards), encoding="utf-8")
+    (root / "bulk/rulings-20260101.json").write_text(json.dumps(rulings), encoding="utf-8")
+    with FixtureServer(root) as server:
+        write_index(server)
+        yield server

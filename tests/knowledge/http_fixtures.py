@@ -6,6 +6,7 @@ times), a body cut short of its Content-Length, a slow answer.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -115,3 +116,43 @@ class _Handler(SimpleHTTPRequestHandler):
             self.close_connection = True
             return
         super().do_GET()
+
+
+# ---- the update command's sources: a rules page and Scryfall's bulk-data index ----
+
+RULES_TXT = "/media/2026/downloads/MagicCompRules 20260116.txt"
+RULES_HREF = "/media/2026/downloads/MagicCompRules%2020260116.txt"
+
+
+def fixture_objects(cards_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Card objects and ruling objects from the Scryfall fixture files, as a bulk file would hold them."""
+    cards: dict[str, dict] = {}
+    rulings: list[dict] = []
+    for path in sorted(cards_dir.glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        items = data.get("data", []) if data.get("object") == "list" else [data]
+        for obj in items:
+            if obj.get("object") == "card" and obj.get("lang") == "en":
+                cards.setdefault(obj["oracle_id"], obj)
+            elif obj.get("object") == "ruling":
+                rulings.append(obj)
+    return list(cards.values()), rulings
+
+
+def write_index(server: FixtureServer) -> None:
+    """The bulk-data index, pointing at this server; sizes from the files as they are now."""
+    root = server.root
+    entries = [
+        {"object": "bulk_data", "type": "default_cards", "download_uri": server.url("/bulk/missing.json")},
+        *(
+            {
+                "object": "bulk_data",
+                "type": kind,
+                "download_uri": server.url(f"/bulk/{kind.replace('_', '-')}-20260101.json"),
+                "size": (root / f"bulk/{kind.replace('_', '-')}-20260101.json").stat().st_size,
+                "content_type": "application/json",
+            }
+            for kind in ("oracle_cards", "rulings")
+        ),
+    ]
+    (root / "bulk-data").write_text(json.dumps({"object": "list", "data": entries}), encoding="utf-8")

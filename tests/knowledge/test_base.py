@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from hexcore.settings import KnowledgeSettings, PathSettings, Settings
-from knowledge.base import EMBEDDINGS_DIR, GRAPH_FILE, KnowledgeBase
+from knowledge.base import GRAPH_FILE, KnowledgeBase
 from knowledge.errors import DataMissing, StaleIndex, UnknownCard, UnknownRule
 from knowledge.graph import KnowledgeGraph
 from knowledge.models import Passage
 from knowledge.vector_index import read_manifest
+from tests.knowledge.embedding_seed import seed_embedding_cache
 
 OLD_RELEASE = "2025-11-14"
 
@@ -176,18 +177,6 @@ def test_unreadable_graph_is_rebuilt(data_dir: Path, tmp_path: Path):
 # --------------------------------------------------------------------------------------------- index
 # These share the session index of tests/knowledge/conftest.py (``index_settings``): whichever test needs it
 # first builds it (minutes on a busy CPU), every later load reuses it.
-
-
-def seed_embedding_cache(state_dir: Path) -> None:
-    """Copy the developer's embedding cache (``var/index/embeddings``) into a test state dir, if there is one.
-
-    Vectors are keyed by model and exact text, so a seeded cache can only save time, never change a result;
-    without it the first load embeds all ~3,900 passages (5-20 minutes on this busy 2-core machine).
-    """
-    source = PathSettings().state_dir / "index" / EMBEDDINGS_DIR
-    target = state_dir / "index" / EMBEDDINGS_DIR
-    if source.is_dir() and not target.exists():
-        shutil.copytree(source, target)
 
 
 @pytest.fixture(scope="module")

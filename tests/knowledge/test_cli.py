@@ -14,9 +14,8 @@ from click.testing import CliRunner
 from hexcore.cli import main
 from hexcore.settings import KnowledgeSettings, PathSettings, Settings, get_settings
 from knowledge.cli import read_only_reason
-from tests.knowledge.http_fixtures import FixtureServer
-from tests.knowledge.test_base import seed_embedding_cache
-from tests.knowledge.test_update import RULES_TXT, site  # noqa: F401  (``site``: the served update folder)
+from tests.knowledge.embedding_seed import seed_embedding_cache
+from tests.knowledge.http_fixtures import RULES_TXT, FixtureServer
 
 
 @pytest.fixture(scope="module")

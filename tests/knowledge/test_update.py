@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import httpx
@@ -13,68 +12,7 @@ from knowledge.cards import ORACLE_CARDS_FILE, RULINGS_FILE, load_card_dir
 from knowledge.errors import UpdateError
 from knowledge.rules import load_rules
 from knowledge.update import UpdateReport, find_rules_txt_url, update_data
-from tests.knowledge.http_fixtures import FixtureServer
-
-RULES_TXT = "/media/2026/downloads/MagicCompRules 20260116.txt"
-RULES_HREF = "/media/2026/downloads/MagicCompRules%2020260116.txt"
-
-
-def _fixture_objects(cards_dir: Path) -> tuple[list[dict], list[dict]]:
-    """Card objects and ruling objects from the Scryfall fixture files, as a bulk file would hold them."""
-    cards: dict[str, dict] = {}
-    rulings: list[dict] = []
-    for path in sorted(cards_dir.glob("*.json")):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        items = data.get("data", []) if data.get("object") == "list" else [data]
-        for obj in items:
-            if obj.get("object") == "card" and obj.get("lang") == "en":
-                cards.setdefault(obj["oracle_id"], obj)
-            elif obj.get("object") == "ruling":
-                rulings.append(obj)
-    return list(cards.values()), rulings
-
-
-@pytest.fixture
-def site(tmp_path: Path, cards_dir: Path, latest_rules_path: Path):
-    """The served folder: a rules page linking a rules .txt, a bulk-data index, and the two bulk files."""
-    root = tmp_path / "site"
-    (root / "media/2026/downloads").mkdir(parents=True)
-    shutil.copyfile(latest_rules_path, root / RULES_TXT.lstrip("/"))
-    (root / "en").mkdir()
-    (root / "en/rules.html").write_text(
-        "<html><body><h1>Rules</h1>"
-        '<a href="https://example.invalid/docs/MTG_MTR.pdf">Tournament rules</a>'
-        '<a href="/media/2026/downloads/MagicCompRules%2020260116.pdf">PDF</a>'
-        f'<a class="txt" href="{RULES_HREF}">TXT</a>'
-        "</body></html>",
-        encoding="utf-8",
-    )
-    cards, rulings = _fixture_objects(cards_dir)
-    (root / "bulk").mkdir()
-    (root / "bulk/oracle-cards-20260101.json").write_text(json.dumps(cards), encoding="utf-8")
-    (root / "bulk/rulings-20260101.json").write_text(json.dumps(rulings), encoding="utf-8")
-    with FixtureServer(root) as server:
-        write_index(server)
-        yield server
-
-
-def write_index(server: FixtureServer) -> None:
-    """The bulk-data index, pointing at this server; sizes from the files as they are now."""
-    root = server.root
-    entries = [
-        {"object": "bulk_data", "type": "default_cards", "download_uri": server.url("/bulk/missing.json")},
-        *(
-            {
-                "object": "bulk_data",
-                "type": kind,
-                "download_uri": server.url(f"/bulk/{kind.replace('_', '-')}-20260101.json"),
-                "size": (root / f"bulk/{kind.replace('_', '-')}-20260101.json").stat().st_size,
-                "content_type": "application/json",
-            }
-            for kind in ("oracle_cards", "rulings")
-        ),
-    ]
-    (root / "bulk-data").write_text(json.dumps({"object": "list", "data": entries}), encoding="utf-8")
+from tests.knowledge.http_fixtures import RULES_HREF, RULES_TXT, FixtureServer, write_index
 
 
 def run_update(server: FixtureServer, data_dir: Path, **kwargs) -> UpdateReport:
