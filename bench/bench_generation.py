@@ -5,6 +5,8 @@
    ``Generator`` (this project), transformers' ``generate`` (reference), and llama.cpp through
    llama-cpp-python on the very GGUF the model comes from (the physical-limit reference; skipped with a
    message when ``llama_cpp`` is not installed). Target: Generator >= 0.5x llama.cpp.
+   ``--quantization int4`` adds the Generator on the same model with weight-only int4 layers
+   (engine.quantize, what ``HEXCORE_ENGINE_QUANTIZATION=int4`` loads), and runs the throughput part on it.
 2. Throughput: ``--jobs`` concurrent chat requests spread over five LoRA adapters and the base model
    (random LoRA r=8 on q_proj/v_proj, the shape of the trained experts), batched in one ``run_batch``
    vs run one after another. Target: batched >= 3x sequential.
@@ -12,6 +14,7 @@
     python bench/bench_generation.py
     python bench/bench_generation.py --new-tokens 128 --threads 2 --jobs 16 --batch-size 16
     python bench/bench_generation.py --skip-throughput     # single stream only
+    python bench/bench_generation.py --skip-throughput --quantization int4
 """
 
 from __future__ import annotations
@@ -182,6 +185,14 @@ def throughput(generator: Generator, prompts: list[tuple[list[int], str | None]]
     print(f"  speed-up: {seq_s / batch_s:.1f}x (target >= 3x)")
 
 
+def quantized_model(args: argparse.Namespace) -> object:
+    """A second copy of the model, loaded as ``HEXCORE_ENGINE_QUANTIZATION=args.quantization`` would."""
+    settings = EngineSettings(
+        model="embedded", dtype=args.dtype, threads=args.threads, quantization=args.quantization
+    )
+    return load_base_model(settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -194,11 +205,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--skip-single", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--quantization",
+        choices=["int4"],
+        help="also measure the Generator on the int4-quantized model (and use it for the throughput part)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     loaded = load_base_model(EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads))
     generator = Generator(loaded, max_batch_size=args.batch_size)
+    quantized_loaded = quantized_model(args) if args.quantization else None
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, threads {args.threads}; "
         f"load average {os.getloadavg()[0]:.1f}"
@@ -213,15 +230,34 @@ def main() -> None:
         print(f"  Generator:               {median_rate(ours)}")
         reference = bench_transformers(loaded.model, ids, args.new_tokens, args.repeats)
         print(f"  transformers generate(): {median_rate(reference)}")
+        quantized = None
+        if args.quantization:
+            quantized_generator = Generator(quantized_loaded, max_batch_size=args.batch_size)
+            quantized_generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
+            quantized = bench_generator(quantized_generator, ids, args.new_tokens, args.repeats)
+            print(f"  Generator {args.quantization}:          {median_rate(quantized)}")
         llama = bench_llama_cpp(ids, args.new_tokens, args.threads, args.repeats)
         if llama is not None:
             print(f"  llama.cpp (Q4_1 GGUF):   {median_rate(llama)}")
             print(
                 f"  Generator / llama.cpp: {statistics.median(ours) / statistics.median(llama):.2f}x (target >= 0.5x)"
             )
+            if quantized is not None:
+                print(
+                    f"  Generator {args.quantization} / llama.cpp: "
+                    f"{statistics.median(quantized) / statistics.median(llama):.2f}x (target >= 0.5x)"
+                )
         print(f"  Generator / transformers: {statistics.median(ours) / statistics.median(reference):.2f}x")
+        if quantized is not None:
+            print(
+                f"  Generator {args.quantization} / Generator: "
+                f"{statistics.median(quantized) / statistics.median(ours):.2f}x"
+            )
+        print(f"  load average after the single-stream runs: {os.getloadavg()[0]:.1f}")
 
     if not args.skip_throughput:
+        if quantized_loaded is not None:
+            loaded = quantized_loaded
         experts = [e.value for e in Expert]
         add_adapters(loaded, experts)
         generator = Generator(loaded, max_batch_size=args.batch_size)
@@ -233,7 +269,7 @@ def main() -> None:
             ids = generator.encode(build_messages(adapter or Expert.EXPLAIN, question, context))
             prompts.append((ids, adapter))
         generator.generate(prompts[0][0], adapter_name=prompts[0][1], max_new_tokens=4)  # warm-up
-        print(f"throughput: batch size {args.batch_size}, {args.dtype}")
+        print(f"throughput: batch size {args.batch_size}, {args.dtype}, quantization {args.quantization}")
         throughput(generator, prompts, args.new_tokens)
 
 

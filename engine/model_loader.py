@@ -36,6 +36,8 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_MARKER = "hexcore-source.json"
 """Written last into the cache; its presence means the copy is complete, its content says from what."""
+INT4 = "int4"
+"""``HEXCORE_ENGINE_QUANTIZATION`` value for weight-only int4 on CPU (engine.quantize)."""
 CACHE_FORMAT = 2
 """Bump when the cache layout changes so old copies are rebuilt."""
 
@@ -216,7 +218,8 @@ def _quantization_config(kind: str, dtype: torch.dtype) -> Any:
     kind = kind.lower()
     if kind not in ("4bit", "8bit"):
         raise ModelLoadError(
-            f"unknown quantization {kind!r}; set HEXCORE_ENGINE_QUANTIZATION to 4bit or 8bit"
+            f"unknown quantization {kind!r}; set HEXCORE_ENGINE_QUANTIZATION to int4 (CPU, engine.quantize), "
+            "or 4bit or 8bit (bitsandbytes)"
         )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelLoadError(
@@ -237,6 +240,22 @@ def _quantization_config(kind: str, dtype: torch.dtype) -> Any:
             bnb_4bit_use_double_quant=True,
         )
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _apply_int4(model: Any) -> str | None:
+    """Weight-only int4 (:mod:`engine.quantize`) on a CPU model; "int4", or None when it was not applied."""
+    device = _first_device(model)
+    if device.type != "cpu":
+        log.warning(
+            "HEXCORE_ENGINE_QUANTIZATION=int4 is CPU-only (torch's int4 CPU kernel); the model on %s is "
+            "not quantized: unset it, or use 4bit/8bit (bitsandbytes) on GPUs",
+            device,
+        )
+        return None
+    from engine.quantize import quantize_int4
+
+    quantize_int4(model)
+    return INT4
 
 
 def _gpu_device_map(model_dir: Path, quantization: str | None, dtype: torch.dtype) -> dict[str, Any] | None:
@@ -269,7 +288,9 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
 
     ``settings.model == "embedded"`` loads the cached SmolLM2 copy (converted on first use); anything else
     is a local Hugging Face causal-LM directory (never downloaded). ``settings.quantization`` selects
-    bitsandbytes 4/8-bit; with several GPUs the layers are spread by :func:`engine.device_map.plan_device_map`.
+    bitsandbytes 4/8-bit, or ``int4``: weight-only int4 on CPU (:mod:`engine.quantize`, applied after loading;
+    ignored with a warning on CUDA); with several GPUs the layers are spread by
+    :func:`engine.device_map.plan_device_map`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -293,14 +314,16 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
             raise ModelLoadError(f"{model_dir} has no config.json; it is not a Hugging Face model directory")
 
     cuda = torch.cuda.is_available()
+    int4 = (settings.quantization or "").lower() == INT4
+    bnb = None if int4 else settings.quantization  # bitsandbytes: applied by from_pretrained
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     device_map = None
-    if settings.quantization:
-        kwargs["quantization_config"] = _quantization_config(settings.quantization, dtype)
+    if bnb:
+        kwargs["quantization_config"] = _quantization_config(bnb, dtype)
     if cuda:
-        device_map = _gpu_device_map(model_dir, settings.quantization, dtype)
+        device_map = _gpu_device_map(model_dir, bnb, dtype)
         kwargs["device_map"] = device_map or {"": 0}
-    elif settings.quantization:
+    elif bnb:
         kwargs["device_map"] = {"": "cpu"}
 
     try:
@@ -314,6 +337,9 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    quantization = bnb
+    if int4:
+        quantization = _apply_int4(model)
 
     loaded = LoadedModel(
         model=model,
@@ -322,7 +348,7 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
         dtype=dtype,
         name=name,
         source=str(model_dir),
-        quantization=settings.quantization,
+        quantization=quantization,
         device_map=device_map,
         load_seconds=time.perf_counter() - started,
     )

@@ -19,7 +19,7 @@ from engine.adapters import BASE_ADAPTER, AdapterRegistry
 from engine.api import Expert
 from engine.generation import Generator, GenJob
 from engine.model_loader import LoadedModel, ModelLoadError, load_base_model
-from engine.quantize import GROUP_SIZE, Int4Linear, quantize_int4, unsupported_reason
+from engine.quantize import GROUP_SIZE, Int4Linear, quantize_int4, quantize_weight, unsupported_reason
 from hexcore.settings import EngineSettings
 
 PROMPT = torch.tensor([[1, 504, 3000, 77, 12, 9000, 41, 5]])
@@ -57,6 +57,14 @@ def test_weights_on_an_int4_grid_are_recovered_exactly() -> None:
     assert torch.equal(weight.float(), (q * scale + low).reshape(n, k))  # exact in bfloat16
     layer = Int4Linear.from_linear(_linear(weight))
     torch.testing.assert_close(layer.dequantize(), weight, rtol=0, atol=0)
+
+
+def test_quantizing_in_row_chunks_equals_quantizing_at_once() -> None:
+    """Relies on torch's CPU packing being local to blocks of rows: this catches a change of layout."""
+    weight = torch.randn(64 * 5 + 16, 96)
+    whole = quantize_weight(weight, rows_per_chunk=10_000)
+    chunked = quantize_weight(weight, rows_per_chunk=128)
+    assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1], chunked[1])
 
 
 def test_int4_linear_matches_its_dequantized_weight_for_any_shape_and_dtype() -> None:
@@ -158,6 +166,17 @@ def test_loader_applies_int4_on_cpu(tmp_path: Path, tiny_model_factory) -> None:
     assert _cosine(_logits(original.model), _logits(loaded.model)) > 0.98
     with pytest.raises(ModelLoadError, match="int4"):
         load_base_model(EngineSettings(model=str(target), quantization="int3"))
+
+
+def test_int4_is_skipped_with_a_warning_off_cpu(tiny_model_factory, monkeypatch, caplog) -> None:
+    import engine.model_loader as model_loader
+
+    loaded = tiny_model_factory()
+    monkeypatch.setattr(model_loader, "_first_device", lambda model: torch.device("cuda", 0))
+    with caplog.at_level(logging.WARNING, logger="engine.model_loader"):
+        assert model_loader._apply_int4(loaded.model) is None
+    assert "CPU-only" in caplog.text
+    assert type(loaded.model.model.layers[0].self_attn.q_proj) is nn.Linear
 
 
 # ---- peft adapters on a quantized model ----
