@@ -3,9 +3,10 @@ quantized model, generation with mixed adapters, gradients, and the quality on t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ from engine.adapters import BASE_ADAPTER, AdapterRegistry
 from engine.api import Expert
 from engine.generation import Generator, GenJob
 from engine.model_loader import LoadedModel, ModelLoadError, load_base_model
-from engine.quantize import GROUP_SIZE, Int4Linear, quantize_int4, quantize_weight, unsupported_reason
+from engine.quantize import (
+    GROUP_SIZE,
+    INT4_MAX_ROWS,
+    Int4Linear,
+    quantize_int4,
+    quantize_weight,
+    unsupported_reason,
+)
 from hexcore.settings import EngineSettings
 
 PROMPT = torch.tensor([[1, 504, 3000, 77, 12, 9000, 41, 5]])
@@ -34,10 +42,23 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
 
-def _quantized_tiny(factory: Callable[..., LoadedModel], **kwargs: Any) -> LoadedModel:
-    loaded = factory(**kwargs)
-    quantize_int4(loaded.model)
+def _quantized_tiny(factory: Callable[..., LoadedModel], keep_dense: bool = True) -> LoadedModel:
+    loaded = factory()
+    quantize_int4(loaded.model, keep_dense=keep_dense)
     return loaded
+
+
+@contextlib.contextmanager
+def _all_int4(model: nn.Module) -> Iterator[None]:
+    """Run every call of the model's int4 layers in int4, however many rows (as decoding does)."""
+    layers = [m for m in model.modules() if isinstance(m, Int4Linear)]
+    for layer in layers:
+        layer.int4_max_rows = 1 << 30
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.int4_max_rows = INT4_MAX_ROWS
 
 
 # ---- the format and the layer ----
@@ -100,6 +121,19 @@ def test_gradients_flow_to_the_input() -> None:
     torch.testing.assert_close(x.grad, expected, rtol=0.02, atol=0.02)
 
 
+def test_calls_with_many_rows_use_the_kept_dense_weight() -> None:
+    torch.manual_seed(0)
+    dense = nn.Linear(64, 32, bias=True).bfloat16()
+    layer = Int4Linear.from_linear(dense, keep_weight=True)
+    assert layer.weight is dense.weight and layer.compute_dtype == torch.bfloat16
+    few, many = torch.randn(INT4_MAX_ROWS, 64).bfloat16(), torch.randn(2, INT4_MAX_ROWS, 64).bfloat16()
+    with torch.inference_mode():
+        int4 = Int4Linear.from_linear(dense)  # the same quantization, no dense weight
+        torch.testing.assert_close(layer(few), int4(few), rtol=0, atol=0)  # decode-sized: int4
+        torch.testing.assert_close(layer(many), dense(many), rtol=0, atol=0)  # prefill-sized: dense
+        assert not torch.equal(int4(many), dense(many))
+
+
 def test_unsupported_shapes_are_named() -> None:
     assert unsupported_reason(nn.Linear(64, 48)) is None
     assert "in_features 48" in unsupported_reason(nn.Linear(48, 64))
@@ -117,16 +151,23 @@ def _linear(weight: torch.Tensor) -> nn.Linear:
 # ---- a whole (tiny) model ----
 
 
-def test_tiny_model_is_quantized_with_the_tie_kept_and_stays_close(tiny_model_factory) -> None:
+@pytest.mark.parametrize("keep_dense", [True, False])
+def test_tiny_model_is_quantized_with_the_tie_kept_and_stays_close(
+    tiny_model_factory, keep_dense: bool
+) -> None:
     dense = tiny_model_factory()
     loaded = tiny_model_factory()
-    report = quantize_int4(loaded.model)
+    report = quantize_int4(loaded.model, keep_dense=keep_dense)
     model = loaded.model
     assert len(report.quantized) == 2 * 7 + 1 and not report.skipped  # 7 projections per layer + lm_head
     assert report.int4_bytes < report.dense_bytes / 3
     layer = model.model.layers[0]
-    assert isinstance(layer.self_attn.q_proj, Int4Linear) and layer.self_attn.q_proj.weight is None
-    assert isinstance(layer.mlp.down_proj, Int4Linear)
+    assert isinstance(layer.self_attn.q_proj, Int4Linear) and isinstance(layer.mlp.down_proj, Int4Linear)
+    original_q = dense.model.model.layers[0].self_attn.q_proj.weight
+    if keep_dense:
+        torch.testing.assert_close(layer.self_attn.q_proj.weight, original_q, rtol=0, atol=0)
+    else:
+        assert layer.self_attn.q_proj.weight is None
     # the head computes in int4 but keeps the tie: its weight *is* the embedding table (lookups stay exact)
     assert isinstance(model.lm_head, Int4Linear)
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -149,8 +190,8 @@ def test_layers_the_kernel_cannot_take_stay_dense_and_are_reported(tiny_model_fa
     assert all("in_features 48" in reason for reason in report.skipped.values())
     layer = loaded.model.model.layers[0]
     assert type(layer.self_attn.q_proj) is nn.Linear and isinstance(layer.mlp.down_proj, Int4Linear)
-    assert "model.layers.0.self_attn.q_proj stays dense: in_features 48" in caplog.text
-    assert "2 linear layers quantized" in caplog.text and "13 kept dense" in caplog.text
+    assert "model.layers.0.self_attn.q_proj not quantized: in_features 48" in caplog.text
+    assert "2 linear layers quantized" in caplog.text and "13 layers not quantized" in caplog.text
     assert _cosine(_logits(dense.model), _logits(loaded.model)) > 0.99
 
 
@@ -161,7 +202,8 @@ def test_loader_applies_int4_on_cpu(tmp_path: Path, tiny_model_factory) -> None:
     original.tokenizer.save_pretrained(target)
     loaded = load_base_model(EngineSettings(model=str(target), dtype="float32", quantization="int4"))
     assert loaded.quantization == "int4"
-    assert isinstance(loaded.model.model.layers[1].mlp.up_proj, Int4Linear)
+    up_proj = loaded.model.model.layers[1].mlp.up_proj
+    assert isinstance(up_proj, Int4Linear) and up_proj.weight is not None  # dense kept for prefill
     assert loaded.model.lm_head.weight is loaded.model.model.embed_tokens.weight
     assert _cosine(_logits(original.model), _logits(loaded.model)) > 0.98
     with pytest.raises(ModelLoadError, match="int4"):
@@ -203,9 +245,13 @@ def test_adapters_load_swap_and_mix_on_an_int4_model_like_on_the_dense_one(
     experts = [Expert.REASON, None, Expert.EXPLAIN]
     out: dict[str, torch.Tensor] = {}
     for kind in ("dense", "int4"):
-        loaded = tiny_model_factory() if kind == "dense" else _quantized_tiny(tiny_model_factory)
+        # no dense weights (peft places adapters after qweight/compute_dtype), and every call in int4
+        loaded = tiny_model_factory() if kind == "dense" else _quantized_tiny(tiny_model_factory, False)
         registry = AdapterRegistry(loaded, store, capacity_on_device=5, max_rank=16)
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(registry.close)
+            if kind == "int4":
+                stack.enter_context(_all_int4(loaded.model))  # the head keeps its (tied) dense weight
             assert registry.register_serving([Expert.REASON, Expert.EXPLAIN]) == {}
             with registry.use(experts) as names:
                 mixed = _logits(registry.model, PROMPT.repeat(3, 1), **registry.call_kwargs(names))
@@ -224,8 +270,6 @@ def test_adapters_load_swap_and_mix_on_an_int4_model_like_on_the_dense_one(
                     assert not torch.allclose(
                         _logits(registry.model, **registry.call_kwargs(swapped))[0], mixed[0], atol=1e-3
                     )
-        finally:
-            registry.close()
         if kind == "int4":  # close() gives the quantized model back
             assert isinstance(loaded.model.model.layers[0].self_attn.q_proj, Int4Linear)
     dense, quant = out["dense"], out["int4"]
@@ -239,7 +283,9 @@ def test_generator_runs_a_mixed_adapter_batch_on_an_int4_model(tiny_model_factor
     store = AdapterStore(tmp_path / "adapters")
     _store_adapter(tiny_model_factory, store, Expert.REASON, seed=20)
     _store_adapter(tiny_model_factory, store, Expert.EXPLAIN, seed=21)
-    loaded = _quantized_tiny(tiny_model_factory)
+    loaded = _quantized_tiny(
+        tiny_model_factory
+    )  # as loaded: prefill of the 17-token prompt dense, decode int4
     registry = AdapterRegistry(loaded, store, capacity_on_device=5, max_rank=16)
     try:
         registry.register_serving([Expert.REASON, Expert.EXPLAIN])
@@ -276,11 +322,12 @@ def test_generator_runs_a_mixed_adapter_batch_on_an_int4_model(tiny_model_factor
         registry.close()
 
 
-def test_lora_trains_on_an_int4_model(tiny_model_factory) -> None:
+@pytest.mark.parametrize("keep_dense", [True, False])
+def test_lora_trains_on_an_int4_model(tiny_model_factory, keep_dense: bool) -> None:
     """Gradients reach the adapters through the int4 layers (and the head) as through the dense ones."""
     grads: dict[str, dict[str, torch.Tensor]] = {}
     for kind in ("dense", "int4"):
-        loaded = tiny_model_factory() if kind == "dense" else _quantized_tiny(tiny_model_factory)
+        loaded = tiny_model_factory() if kind == "dense" else _quantized_tiny(tiny_model_factory, keep_dense)
         torch.manual_seed(0)
         config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
         model = get_peft_model(loaded.model, config)
@@ -332,7 +379,8 @@ def test_int4_real_model_stays_close_to_bfloat16(
         tensor = torch.tensor([window])
         targets = tensor[0, 1:]
         reference = _logits(base_model.model, tensor)[0, :-1]
-        quantized = _logits(int4_model.model, tensor)[0, :-1]
+        with _all_int4(int4_model.model):  # 400 rows would run on the kept dense weights
+            quantized = _logits(int4_model.model, tensor)[0, :-1]
         agree += int((reference.argmax(-1) == quantized.argmax(-1)).sum())
         total += len(targets)
         for key, logits in (("bf16", reference), ("int4", quantized)):
