@@ -314,8 +314,11 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
             raise ModelLoadError(f"{model_dir} has no config.json; it is not a Hugging Face model directory")
 
     cuda = torch.cuda.is_available()
-    int4 = (settings.quantization or "").lower() == INT4
-    bnb = None if int4 else settings.quantization  # bitsandbytes: applied by from_pretrained
+    kind = (settings.quantization or "").lower()
+    if kind == "auto":  # int4 where its kernel runs (CPU), the configured dtype on GPUs
+        kind = "" if cuda else INT4
+    int4 = kind == INT4
+    bnb = None if int4 or not kind else kind  # bitsandbytes: applied by from_pretrained
     kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     device_map = None
     if bnb:

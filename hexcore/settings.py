@@ -82,6 +82,9 @@ class KnowledgeSettings(BaseSettings):
     """Scryfall bulk-data index; its ``oracle_cards`` and ``rulings`` entries are downloaded."""
 
 
+QUANTIZATION_KINDS = ("auto", "int4", "4bit", "8bit")
+
+
 class EngineSettings(BaseSettings):
     model_config = _config("HEXCORE_ENGINE_")
 
@@ -100,9 +103,9 @@ class EngineSettings(BaseSettings):
     remote_retries: int = Field(3, ge=0, le=10)
     """Retries of connection errors, 429 and 5xx before the first token (never after)."""
     dtype: str = "bfloat16"
-    quantization: str | None = None
-    """``int4``: weight-only int4 on CPU (engine.quantize; ~2x faster decoding, ignored on CUDA), or ``4bit`` /
-    ``8bit`` (bitsandbytes, CUDA)."""
+    quantization: str | None = "auto"
+    """``auto`` (default): ``int4`` on CPU, none on CUDA. ``int4``: weight-only int4 on CPU (engine.quantize;
+    ~2x faster decoding, ignored on CUDA). ``4bit`` / ``8bit``: bitsandbytes (CUDA). ``none``: the dtype as is."""
     threads: int | None = None
     max_new_tokens: int = Field(160, ge=1, le=4096)
     stop_on_repeat: int = Field(12, ge=0, le=256)
@@ -115,6 +118,17 @@ class EngineSettings(BaseSettings):
     adapters_on_device: int = Field(5, ge=1)
     router_threshold: float = Field(0.4, ge=0, le=1)
     """Per-expert selection threshold of the router (sigmoid score); 0.4 measured best on held-out examples."""
+
+    @field_validator("quantization", mode="before")
+    @classmethod
+    def _quantization_kind(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "off")):
+            return None
+        if isinstance(value, str) and value.strip().lower() in QUANTIZATION_KINDS:
+            return value.strip().lower()
+        raise ValueError(
+            f"HEXCORE_ENGINE_QUANTIZATION must be one of auto, none, int4, 4bit, 8bit (got {value!r})"
+        )
 
 
 class BotSettings(BaseSettings):

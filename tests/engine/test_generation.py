@@ -373,7 +373,7 @@ def test_cut_repeated_tail(text: str, repeated: str, shown: str) -> None:
 @pytest.fixture(scope="module")
 def fp32_adapters() -> LoadedModel:
     """A private float32 copy of the real model with two random (output-changing) LoRA adapters."""
-    loaded = load_base_model(EngineSettings(model="embedded", dtype="float32"))
+    loaded = load_base_model(EngineSettings(model="embedded", dtype="float32", quantization="none"))
     torch.manual_seed(0)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     peft_model = get_peft_model(loaded.model, config, adapter_name="reason")

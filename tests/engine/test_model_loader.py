@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file
 
 from engine.model_loader import (
@@ -71,10 +72,21 @@ def test_directory_without_config_is_rejected(tmp_path: Path) -> None:
         load_base_model(EngineSettings(model=str(tmp_path)))
 
 
-def test_unknown_quantization_is_a_typed_error(saved_tiny) -> None:
+def test_unknown_quantization_is_rejected_with_the_choices() -> None:
+    with pytest.raises(ValidationError, match="auto, none, int4, 4bit, 8bit"):
+        EngineSettings(quantization="3bit")
+    assert EngineSettings(quantization=" INT4 ").quantization == "int4"
+    assert EngineSettings(quantization="none").quantization is None
+
+
+def test_auto_quantization_is_int4_on_cpu_and_none_turns_it_off(saved_tiny) -> None:
     path, _ = saved_tiny
-    with pytest.raises(ModelLoadError, match="4bit or 8bit"):
-        load_base_model(EngineSettings(model=str(path), quantization="3bit"))
+    assert EngineSettings().quantization == "auto"
+    auto = load_base_model(EngineSettings(model=str(path), dtype="float32"))
+    dense = load_base_model(EngineSettings(model=str(path), dtype="float32", quantization="none"))
+    assert auto.quantization == "int4" and dense.quantization is None
+    assert type(dense.model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    assert type(auto.model.model.layers[0].self_attn.q_proj) is not torch.nn.Linear
 
 
 def test_local_hf_path_loads_with_the_same_weights_and_batch_setup(saved_tiny) -> None:
