@@ -37,6 +37,8 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 CACHE_MARKER = "hexcore-source.json"
 """Written last into the cache; its presence means the copy is complete, its content says from what."""
 INT4 = "int4"
+INT4_CACHE = "int4-g32.safetensors"
+"""The embedded model's packed int4 weights, written on first use (engine.quantize)."""
 """``HEXCORE_ENGINE_QUANTIZATION`` value for weight-only int4 on CPU (engine.quantize)."""
 CACHE_FORMAT = 2
 """Bump when the cache layout changes so old copies are rebuilt."""
@@ -242,7 +244,7 @@ def _quantization_config(kind: str, dtype: torch.dtype) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _apply_int4(model: Any) -> str | None:
+def _apply_int4(model: Any, cache: Path | None = None, cache_key: str = "") -> str | None:
     """Weight-only int4 (:mod:`engine.quantize`) on a CPU model; "int4", or None when it was not applied."""
     device = _first_device(model)
     if device.type != "cpu":
@@ -254,7 +256,7 @@ def _apply_int4(model: Any) -> str | None:
         return None
     from engine.quantize import quantize_int4
 
-    quantize_int4(model)
+    quantize_int4(model, cache=cache, cache_key=cache_key)
     return INT4
 
 
@@ -342,7 +344,15 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
         model.config.pad_token_id = tokenizer.pad_token_id
     quantization = bnb
     if int4:
-        quantization = _apply_int4(model)
+        # The embedded copy is ours (its folder is rebuilt when its source changes): keep the packed weights
+        # beside it, keyed by that source. A user's model folder may be read-only or shared: no cache there.
+        embedded = settings.model == "embedded"
+        marker = model_dir / CACHE_MARKER
+        quantization = _apply_int4(
+            model,
+            cache=model_dir / INT4_CACHE if embedded and marker.is_file() else None,
+            cache_key=marker.read_text(encoding="utf-8") if embedded and marker.is_file() else "",
+        )
 
     loaded = LoadedModel(
         model=model,

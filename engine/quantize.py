@@ -54,7 +54,9 @@ tests/engine/test_quantize.py.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -167,16 +169,23 @@ class Int4Linear(nn.Linear):
 
     @classmethod
     def from_linear(
-        cls, linear: nn.Linear, group_size: int = GROUP_SIZE, keep_weight: bool = False
+        cls,
+        linear: nn.Linear,
+        group_size: int = GROUP_SIZE,
+        keep_weight: bool = False,
+        packed: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> Int4Linear:
         """Quantize ``linear`` (see :func:`unsupported_reason` for what it must satisfy).
 
         ``keep_weight``: keep ``linear.weight`` (the same Parameter object, so ties survive) as ``weight``.
+        ``packed``: ``(qweight, scales_and_zeros)`` computed before for this very weight (a cache).
         """
         reason = unsupported_reason(linear, group_size)
         if reason is not None:
             raise ValueError(f"cannot quantize this layer to int4: {reason}")
-        qweight, scales_and_zeros = quantize_weight(linear.weight, group_size)
+        qweight, scales_and_zeros = (
+            packed if packed is not None else quantize_weight(linear.weight, group_size)
+        )
         return cls(
             linear.in_features,
             linear.out_features,
@@ -244,6 +253,8 @@ class QuantizationReport:
     """Bytes of their packed weights + scales after."""
     kept_dense: bool = True
     """Whether the dense weights were kept for many-row calls."""
+    from_cache: int = 0
+    """Layers whose packed weights came from the cache file instead of being quantized now."""
 
     def summary(self) -> str:
         text = (
@@ -256,9 +267,48 @@ class QuantizationReport:
         return text
 
 
+CACHE_FORMAT = "1"
+
+
+def _read_cache(path: Path, key: str, group_size: int) -> dict[str, torch.Tensor]:
+    """The packed tensors saved for ``key`` (name.qweight, name.scales_and_zeros), or {} when stale/unreadable."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if meta != {"format": CACHE_FORMAT, "key": key, "group_size": str(group_size)}:
+            return {}
+        return load_file(str(path))
+    except Exception as exc:  # missing, truncated, not safetensors (SafetensorError): only a cache
+        if path.exists():
+            log.warning("int4 cache %s unreadable (%s): quantizing again", path, exc)
+        return {}
+
+
+def _write_cache(path: Path, key: str, group_size: int, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(
+            tensors, str(tmp), metadata={"format": CACHE_FORMAT, "key": key, "group_size": str(group_size)}
+        )
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    except OSError as exc:  # a read-only model folder: quantizing each start still works
+        log.warning("could not write the int4 cache %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def quantize_int4(
-    model: nn.Module, group_size: int = GROUP_SIZE, *, keep_dense: bool = True
+    model: nn.Module,
+    group_size: int = GROUP_SIZE,
+    *,
+    keep_dense: bool = True,
+    cache: Path | None = None,
+    cache_key: str = "",
 ) -> QuantizationReport:
     """Replace the model's ``nn.Linear`` layers by :class:`Int4Linear` in place (CPU only).
 
@@ -267,6 +317,10 @@ def quantize_int4(
     either way (the embedding table when tied). Quantize before adding adapters: a model that already holds
     peft layers is refused. Layers the kernel cannot take stay as they are and are listed (with the reason)
     in the report and the log.
+
+    ``cache``: a safetensors file holding the packed weights of an earlier run for the same weights
+    (``cache_key`` names them, e.g. the model's source); read when it matches, else written. Quantizing
+    SmolLM2-135M takes ~1.5 s, reading the cache a few ms: it is most of a warm ``hexcore ask``'s model load.
     """
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
@@ -281,17 +335,30 @@ def quantize_int4(
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and not isinstance(module, Int4Linear)
     ]
+    cached = _read_cache(cache, cache_key, group_size) if cache is not None else {}
+    fresh: dict[str, torch.Tensor] = {}
     for name, linear in targets:
         reason = unsupported_reason(linear, group_size)
         if reason is not None:
             report.skipped[name] = reason
             continue
-        quantized = Int4Linear.from_linear(linear, group_size, keep_weight=keep_dense or linear is head)
+        packed = None
+        if f"{name}.qweight" in cached and f"{name}.scales_and_zeros" in cached:
+            packed = (cached[f"{name}.qweight"], cached[f"{name}.scales_and_zeros"])
+        quantized = Int4Linear.from_linear(
+            linear, group_size, keep_weight=keep_dense or linear is head, packed=packed
+        )
+        if packed is None:
+            fresh[f"{name}.qweight"] = quantized.qweight
+            fresh[f"{name}.scales_and_zeros"] = quantized.scales_and_zeros
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, quantized)
         report.quantized.append(name)
         report.dense_bytes += linear.weight.numel() * linear.weight.element_size()
         report.int4_bytes += quantized.qweight.numel() + quantized.scales_and_zeros.numel() * 2
+    if cache is not None and fresh:
+        _write_cache(cache, cache_key, group_size, {**cached, **fresh})
+    report.from_cache = len(report.quantized) - len(fresh) // 2
     for name, reason in report.skipped.items():
         log.info("int4: %s not quantized: %s", name, reason)
     log.info("%s", report.summary())

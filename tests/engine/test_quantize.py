@@ -429,3 +429,28 @@ def test_int4_real_model_generates_with_mixed_adapters(int4_model: LoadedModel) 
     finally:
         peft_model.unload()
     assert isinstance(model.model.layers[0].self_attn.q_proj, Int4Linear)
+
+
+# ---- the packed-weights cache ----
+
+
+def test_cache_is_written_then_read_and_gives_the_same_model(
+    tiny_model_factory, tmp_path: Path, caplog
+) -> None:
+    cache = tmp_path / "int4.safetensors"
+    first, second, stale = tiny_model_factory(), tiny_model_factory(), tiny_model_factory()
+    made = quantize_int4(first.model, cache=cache, cache_key="source v1")
+    assert cache.is_file() and made.from_cache == 0 and made.quantized
+    read = quantize_int4(second.model, cache=cache, cache_key="source v1")
+    assert read.from_cache == len(read.quantized) == len(made.quantized)
+    assert torch.equal(_logits(first.model), _logits(second.model))
+    # Another source (or group size) never reuses the file: quantized again, and the file follows it.
+    again = quantize_int4(stale.model, cache=cache, cache_key="source v2")
+    assert again.from_cache == 0
+    assert quantize_int4(tiny_model_factory().model, cache=cache, cache_key="source v2").from_cache > 0
+    # A damaged file is a warning and a fresh quantization, never a failure.
+    cache.write_bytes(b"not safetensors")
+    with caplog.at_level(logging.WARNING, logger="engine.quantize"):
+        damaged = quantize_int4(tiny_model_factory().model, cache=cache, cache_key="source v2")
+    assert damaged.from_cache == 0 and "unreadable" in caplog.text
+    assert quantize_int4(tiny_model_factory().model, cache=cache, cache_key="source v2").from_cache > 0
