@@ -5,8 +5,9 @@
    ``Generator`` (this project), transformers' ``generate`` (reference), and llama.cpp through
    llama-cpp-python on the very GGUF the model comes from (the physical-limit reference; skipped with a
    message when ``llama_cpp`` is not installed). Target: Generator >= 0.5x llama.cpp.
-   ``--quantization int4`` adds the Generator on the same model with weight-only int4 layers
-   (engine.quantize, what ``HEXCORE_ENGINE_QUANTIZATION=int4`` loads), and runs the throughput part on it.
+   The Generator runs twice: on the dense ``--dtype`` model (``HEXCORE_ENGINE_QUANTIZATION=none``) and, unless
+   ``--quantization none``, with weight-only int4 layers (engine.quantize: the CPU default, ``auto``), which
+   the throughput part then uses. transformers runs on the dense model.
 2. Throughput: ``--jobs`` concurrent chat requests spread over five LoRA adapters and the base model
    (random LoRA r=8 on q_proj/v_proj, the shape of the trained experts), batched in one ``run_batch``
    vs run one after another. Target: batched >= 3x sequential.
@@ -14,7 +15,7 @@
     python bench/bench_generation.py
     python bench/bench_generation.py --new-tokens 128 --threads 2 --jobs 16 --batch-size 16
     python bench/bench_generation.py --skip-throughput     # single stream only
-    python bench/bench_generation.py --skip-throughput --quantization int4
+    python bench/bench_generation.py --skip-throughput --quantization none   # dense only
 """
 
 from __future__ import annotations
@@ -207,13 +208,18 @@ def main() -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
         "--quantization",
-        choices=["int4"],
-        help="also measure the Generator on the int4-quantized model (and use it for the throughput part)",
+        choices=["int4", "none"],
+        default="int4",
+        help="also measure the Generator on the int4-quantized model, the CPU default (and use it for the "
+        "throughput part); none: the dense model only",
     )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    loaded = load_base_model(EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads))
+    if args.quantization == "none":
+        args.quantization = None
+    dense = EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads, quantization="none")
+    loaded = load_base_model(dense)
     generator = Generator(loaded, max_batch_size=args.batch_size)
     quantized_loaded = quantized_model(args) if args.quantization else None
     print(
@@ -227,7 +233,7 @@ def main() -> None:
         print(f"single stream: {args.new_tokens} greedy tokens after a {len(ids)}-token prompt, {args.dtype}")
         generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
         ours = bench_generator(generator, ids, args.new_tokens, args.repeats)
-        print(f"  Generator:               {median_rate(ours)}")
+        print(f"  Generator ({args.dtype}):      {median_rate(ours)}")
         reference = bench_transformers(loaded.model, ids, args.new_tokens, args.repeats)
         print(f"  transformers generate(): {median_rate(reference)}")
         quantized = None

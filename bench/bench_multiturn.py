@@ -79,6 +79,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument(
+        "--quantization",
+        default="auto",
+        choices=["auto", "int4", "none"],
+        help="as HEXCORE_ENGINE_QUANTIZATION (default auto: int4 decode on CPU, prefill dense)",
+    )
+    parser.add_argument(
         "--plots",
         type=Path,
         default=Path(__file__).resolve().parent.parent / "docs" / "img",
@@ -87,7 +93,11 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    loaded = load_base_model(EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads))
+    loaded = load_base_model(
+        EngineSettings(
+            model="embedded", dtype=args.dtype, threads=args.threads, quantization=args.quantization
+        )
+    )
     rules_file = max((PathSettings().data_dir / "rules").glob("*.txt"))
     sessions = SessionStore(1 << 30, ttl_s=3600, max_sessions=args.repeats + 1)
     with_sessions, from_scratch = Generator(loaded, sessions=sessions), Generator(loaded)
@@ -118,7 +128,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {args.threads}"
     )
     print(
-        f"model: {loaded.name} {args.dtype}; turn N prompt {prompt_tokens} tokens, reused {statistics.median(reused):.0f}"
+        f"model: {loaded.name} {args.dtype}, quantization {loaded.quantization or 'none'}; turn N prompt {prompt_tokens} tokens, reused {statistics.median(reused):.0f}"
     )
     print(f"time to first token, median of {args.repeats}:")
     print(

@@ -177,7 +177,9 @@ def main() -> int:
     from engine.model_loader import load_base_model
 
     loaded = load_base_model(
-        EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads), PathSettings()
+        # Dense weights: training's forward/backward run on many rows, where int4 layers use them anyway.
+        EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads, quantization="none"),
+        PathSettings(),
     )
     doc = load_rules_document(settings)
     config = TrainConfig(
