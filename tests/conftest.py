@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hexcore.settings import PathSettings, Settings
+from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
+
+REAL_ENGINE_RELEASE = "2026-01-16"
+"""The rules release every real-engine test serves (its index is built once per session)."""
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,6 +51,31 @@ def real_engine_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_engine_settings(real_engine_state_dir: Path, data_dir: Path) -> Callable[..., Settings]:
+    """Settings for a real engine on the shared state dir: ``make(context_tokens=300, engine=..., bot=...)``.
+
+    The small context budget keeps prompts (and so each test's prefill) short on 2 cores.
+    """
+
+    def make(
+        *, context_tokens: int = 300, engine: EngineSettings | None = None, **sections: object
+    ) -> Settings:
+        return Settings(
+            paths=PathSettings(
+                data_dir=data_dir,
+                state_dir=real_engine_state_dir,
+                rules_release=REAL_ENGINE_RELEASE,
+                model_cache=PathSettings().model_cache_dir,
+            ),
+            knowledge=KnowledgeSettings(context_tokens=context_tokens),
+            engine=engine or EngineSettings(),
+            **sections,
+        )
+
+    return make
 
 
 @pytest.fixture

@@ -7,17 +7,15 @@ module; answers capped at 24 new tokens.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
 from bot.client import HexcoreBot
 from engine.local import LocalEngine
-from hexcore.settings import BotSettings, EngineSettings, KnowledgeSettings, PathSettings, Settings
+from hexcore.settings import BotSettings, EngineSettings, Settings
 from tests.bot.harness import DEFERRED_MESSAGE, DiscordHarness, FakeClock
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -26,19 +24,8 @@ RELEASE = "2026-01-16"
 
 
 @pytest.fixture(scope="module")
-def real_settings(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Settings:
-    # Shared with the engine's real-engine tests (see tests/engine/test_local.py: HEXCORE_TEST_STATE_DIR).
-    override = os.environ.get("HEXCORE_TEST_STATE_DIR")
-    state = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
-    state.mkdir(parents=True, exist_ok=True)
-    return Settings(
-        paths=PathSettings(
-            data_dir=data_dir,
-            state_dir=state,
-            rules_release=RELEASE,
-            model_cache=PathSettings().model_cache_dir,
-        ),
-        knowledge=KnowledgeSettings(context_tokens=300),
+def real_settings(real_engine_settings) -> Settings:
+    return real_engine_settings(
         engine=EngineSettings(max_new_tokens=24, queue_size=4, batch_size=4),
         bot=BotSettings(_env_file=None, cooldown_s=0, stream_edit_interval_s=1.0, streaming=True),
     )

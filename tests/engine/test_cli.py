@@ -14,29 +14,15 @@ from click.testing import CliRunner
 
 from engine.cli import format_sources
 from hexcore.cli import main
-from hexcore.settings import PROJECT_ROOT, EngineSettings, KnowledgeSettings, PathSettings, Settings
+from hexcore.settings import PROJECT_ROOT, EngineSettings, PathSettings, Settings
 from knowledge.rules import load_release
 
 RELEASE = "2026-01-16"
 
 
 @pytest.fixture(scope="module")
-def state_dir(real_engine_state_dir: Path) -> Path:
-    return real_engine_state_dir
-
-
-@pytest.fixture(scope="module")
-def cli_settings(state_dir: Path, data_dir: Path) -> Settings:
-    return Settings(
-        paths=PathSettings(
-            data_dir=data_dir,
-            state_dir=state_dir,
-            rules_release=RELEASE,
-            model_cache=PathSettings().model_cache_dir,
-        ),
-        knowledge=KnowledgeSettings(context_tokens=300),
-        engine=EngineSettings(max_new_tokens=24),
-    )
+def cli_settings(real_engine_settings) -> Settings:
+    return real_engine_settings(engine=EngineSettings(max_new_tokens=24))
 
 
 @pytest.fixture(scope="module")
@@ -117,11 +103,11 @@ def test_format_sources_without_passages() -> None:
 
 
 @pytest.mark.slow
-def test_ask_in_a_real_process(state_dir: Path, data_dir: Path, rules) -> None:
+def test_ask_in_a_real_process(real_engine_state_dir: Path, data_dir: Path, rules) -> None:
     env = {
         **os.environ,
         "HEXCORE_DATA_DIR": str(data_dir),
-        "HEXCORE_STATE_DIR": str(state_dir),
+        "HEXCORE_STATE_DIR": str(real_engine_state_dir),
         "HEXCORE_RULES_RELEASE": RELEASE,
         "HEXCORE_MODEL_CACHE": str(PathSettings().model_cache_dir),
         "HEXCORE_KNOWLEDGE_CONTEXT_TOKENS": "300",

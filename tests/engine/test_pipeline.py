@@ -6,8 +6,6 @@ the rules release, and the grounding guard removes rule numbers those passages d
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +16,6 @@ from engine.grounding import UNVERIFIED
 from engine.local import ConversationStore
 from engine.pipeline import EMPTY_ANSWER, MAX_QUESTION_CHARS, AnswerPipeline, validate_request
 from engine.prompts import EXPERT_INSTRUCTIONS, next_history
-from hexcore.settings import KnowledgeSettings, PathSettings, Settings
 
 RELEASE = "2026-01-16"
 BUDGET = 400
@@ -80,27 +77,15 @@ def test_conversation_store_caps_and_expires() -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> AnswerPipeline:
+def pipeline(real_engine_settings) -> AnswerPipeline:
     from engine.model_loader import load_embedded_tokenizer
     from engine.router import load_or_train_router
     from knowledge.base import KnowledgeBase
     from knowledge.embeddings import get_embedder
 
-    # Shared with the other real-engine test modules (see tests/engine/test_local.py: HEXCORE_TEST_STATE_DIR).
-    override = os.environ.get("HEXCORE_TEST_STATE_DIR")
-    state = Path(override) if override else tmp_path_factory.getbasetemp() / "hexcore-real-engine-state"
-    state.mkdir(parents=True, exist_ok=True)
-    settings = Settings(
-        paths=PathSettings(
-            data_dir=data_dir,
-            state_dir=state,
-            rules_release=RELEASE,
-            model_cache=PathSettings().model_cache_dir,
-        ),
-        knowledge=KnowledgeSettings(context_tokens=BUDGET),
-    )
+    settings = real_engine_settings(context_tokens=BUDGET)
     kb = KnowledgeBase.load(settings)
-    router = load_or_train_router(state, get_embedder(), 0.4)
+    router = load_or_train_router(settings.paths.state_dir, get_embedder(), 0.4)
     tokenizer = load_embedded_tokenizer(settings.paths)
     return AnswerPipeline(kb, router, tokenizer, context_tokens=BUDGET)
 

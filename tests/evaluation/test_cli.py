@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import evaluation.cli
 from hexcore.cli import main
-from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
+from hexcore.settings import EngineSettings, PathSettings, Settings
 
 RELEASE = "2026-01-16"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -101,17 +101,8 @@ QUESTIONS = [
 
 
 @pytest.mark.slow
-def test_eval_qa_on_the_real_engine(real_engine_state_dir: Path, data_dir: Path, tmp_path: Path) -> None:
-    settings = Settings(
-        paths=PathSettings(
-            data_dir=data_dir,
-            state_dir=real_engine_state_dir,
-            rules_release=RELEASE,
-            model_cache=PathSettings().model_cache_dir,
-        ),
-        knowledge=KnowledgeSettings(context_tokens=300),
-        engine=EngineSettings(max_new_tokens=8),
-    )
+def test_eval_qa_on_the_real_engine(real_engine_settings, tmp_path: Path) -> None:
+    settings = real_engine_settings(engine=EngineSettings(max_new_tokens=8))
     qa = tmp_path / "two.jsonl"
     qa.write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS), encoding="utf-8")
     out, charts = tmp_path / "report" / "qa.json", tmp_path / "charts"
