@@ -496,7 +496,7 @@ class BatchRunner:
         import torch
 
         from engine.fusion import generate_fused
-        from engine.generation import IncrementalDetokenizer
+        from engine.generation import IncrementalDetokenizer, cut_repeated_tail, decode_text
 
         tokenizer = self.loaded.tokenizer
         eos = self.generator.default_eos
@@ -504,10 +504,12 @@ class BatchRunner:
         guard = StreamGuard(turn.allowed_rules)
         started = time.perf_counter()
         marks: list[float] = []
-        ended = False
+        ended = looped = False
+        n = self.stop_on_repeat
+        seen: set[tuple[int, ...]] = set()
 
         def on_token(tokens: Any) -> bool:
-            nonlocal ended
+            nonlocal ended, looped
             marks.append(time.perf_counter())
             token = int(tokens[0])
             if ended or token in eos:
@@ -517,6 +519,12 @@ class BatchRunner:
             out = guard.feed(delta) if delta else ""
             if out:
                 item.emit(TokenDelta(out))
+            if n and len(detok.ids) >= n:  # the same loop stop as the batched path (GenJob.stop_on_repeat)
+                gram = tuple(detok.ids[-n:])
+                if gram in seen:
+                    looped = True
+                    return False
+                seen.add(gram)
             return not item.cancelled
 
         with contextlib.ExitStack() as stack:
@@ -553,11 +561,16 @@ class BatchRunner:
         first, last = (marks[0], marks[-1]) if marks else (started, started)
         new_tokens = len(detok.ids)
         reason = "stop" if ended else ("length" if new_tokens >= turn.max_new_tokens else "cancelled")
+        shown = None
+        if looped:
+            reason = "repetition"
+            shown = cut_repeated_tail(detok.text, decode_text(tokenizer, detok.ids[-n:]))
         self._settle(
             item,
             turn,
             guard,
             detok.text,
+            shown=shown,
             prefill_ms=(first - started) * 1000,
             generate_ms=(last - first) * 1000,
             record={

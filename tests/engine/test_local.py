@@ -155,6 +155,22 @@ async def test_several_experts_fuse(engine: LocalEngine) -> None:
     assert answer.text and answer.citations
 
 
+async def test_a_looping_answer_stops_early_alone_and_fused(engine: LocalEngine) -> None:
+    runner = engine._runner
+    assert runner is not None
+    before = runner.stop_on_repeat
+    runner.stop_on_repeat = 1  # any token seen twice ends the answer: certain well within 24 tokens
+    try:
+        for experts in ((Expert.EXPLAIN,), (Expert.EXPLAIN, Expert.PREDICT)):
+            answer = await engine.ask(AnswerRequest("Is deathtouch good with trample?", experts=experts))
+            record = engine.records[-1]
+            assert record.fused == (len(experts) > 1)
+            assert record.finish_reason == "repetition" and 2 <= record.new_tokens < 24
+            assert answer.text and answer.citations
+    finally:
+        runner.stop_on_repeat = before
+
+
 async def test_invalid_request_fails_before_the_worker(engine: LocalEngine) -> None:
     await idle(engine)
     before = engine.worker.status().processed + engine.worker.status().failed
