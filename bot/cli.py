@@ -56,9 +56,9 @@ async def _optional_service(module: str, factory: str, *args: Any) -> Any:
 
 async def run_bot(token: str) -> None:
     import discord
-    from engine.local import LocalEngine  # the real engine; imported here: it loads torch
 
     from bot.client import HexcoreBot
+    from engine.local import LocalEngine  # the real engine; imported here: it loads torch
     from hexcore.settings import get_settings
 
     settings = get_settings()
