@@ -25,8 +25,8 @@ from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
 from engine.errors import EngineError
 from evaluation import scoring
 from evaluation.scoring import Encoder
+from knowledge.recall import ALL, difficulty_of, gold_rules
 
-ALL = "all"
 QUALITY_METRICS = ("citation_recall", "citation_precision", "entity_recall", "similarity", "keyword_f1")
 MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision")
 PLOT_METRICS = {
@@ -182,14 +182,6 @@ def _cell(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- rows
-
-
-def gold_rules(row: Mapping) -> list[str]:
-    return [str(g) for g in (row.get("rule_refs") or row.get("gold_cr_rules") or [])]
-
-
-def difficulty_of(row: Mapping) -> str:
-    return str(row.get("difficulty") or row.get("stratum") or ALL)
 
 
 def _result_for(index: int, row: Mapping) -> QuestionResult:

@@ -12,7 +12,7 @@ definitions-dev.jsonl); ``difficulty`` (or ``stratum``) groups the per-group rec
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -74,6 +74,20 @@ def accepted_numbers(gold: Sequence[str]) -> set[str]:
     return accepted
 
 
+ALL = "all"
+"""The group of a question that names neither ``difficulty`` nor ``stratum``."""
+
+
+def gold_rules(row: Mapping) -> list[str]:
+    """A question's gold rule numbers: ``rule_refs`` (quiz-dev) or ``gold_cr_rules`` (multihop, definitions)."""
+    return [str(g) for g in (row.get("rule_refs") or row.get("gold_cr_rules") or [])]
+
+
+def difficulty_of(row: Mapping) -> str:
+    """A question's group: ``difficulty`` (quiz-dev) or ``stratum`` (multihop), else ``all``."""
+    return str(row.get("difficulty") or row.get("stratum") or ALL)
+
+
 def load_questions(qa_path: str | Path) -> list[dict]:
     path = Path(qa_path)
     try:
@@ -103,7 +117,7 @@ def evaluate_recall(
     skipped: list[str] = []
     for i, row in enumerate(load_questions(qa_path)):
         qid = str(row.get("id", i))
-        gold = [str(g) for g in (row.get("rule_refs") or row.get("gold_cr_rules") or [])]
+        gold = gold_rules(row)
         if not gold:
             skipped.append(qid)
             continue
@@ -111,7 +125,7 @@ def evaluate_recall(
         retrieved = [r.passage.citation.id for r in found if r.passage.citation.kind == "rule"][:k]
         accepted = accepted_numbers(gold)
         matched = next((n for n in retrieved if n in accepted), None)
-        difficulty = str(row.get("difficulty") or row.get("stratum") or "all")
+        difficulty = difficulty_of(row)
         results.append(
             QuestionResult(qid, difficulty, row["question"], gold, retrieved, matched is not None, matched)
         )

@@ -5,11 +5,13 @@ serve LoRA module names like vLLM. Real HTTP over real sockets; used by the remo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import socket
 import threading
 from collections import deque
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -122,3 +124,18 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.disconnected.set()
                 return
         self.close_connection = True
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[ScriptedServer]:
+    """A ScriptedServer serving on a thread for the block, then shut down (clients hung up on)."""
+    srv = ScriptedServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop.set()
+        srv.shutdown()
+        srv.server_close()
+        thread.join(5)

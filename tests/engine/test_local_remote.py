@@ -6,7 +6,6 @@ scripted server of test_remote.py records every request, so the tests see exactl
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,22 +16,25 @@ from engine.api import AnswerRequest, Expert, TokenDelta
 from engine.errors import AdapterError
 from engine.local import LocalEngine
 from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
-from tests.engine.scripted_server import ScriptedServer
+from tests.engine.scripted_server import ScriptedServer, running_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ScriptedServer]:
-    srv = ScriptedServer()
-    srv.default_words = ["Trample ", "lets ", "excess ", "damage ", "through ", "(see ", "rule ", "999.9z)."]
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with running_server() as srv:
+        srv.default_words = [
+            "Trample ",
+            "lets ",
+            "excess ",
+            "damage ",
+            "through ",
+            "(see ",
+            "rule ",
+            "999.9z).",
+        ]
+        yield srv
 
 
 @pytest.fixture(scope="module")

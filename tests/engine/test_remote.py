@@ -33,7 +33,7 @@ from engine.backends import (
 from engine.errors import AdapterError, EngineDead, EngineOverloaded, GenerationError, InvalidRequest
 from engine.remote import RemoteBackend, RemoteConfig, RemoteOverloaded, RemoteTimeout, iter_sse_data
 from hexcore.settings import EngineSettings
-from tests.engine.scripted_server import ScriptedServer
+from tests.engine.scripted_server import ScriptedServer, running_server
 
 MESSAGES = [
     {"role": "system", "content": "You are a Magic: The Gathering rules judge. Be brief."},
@@ -45,14 +45,8 @@ MESSAGES = [
 
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
-    srv = ScriptedServer()
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.stop.set()
-    srv.shutdown()
-    srv.server_close()
-    thread.join(5)
+    with running_server() as srv:
+        yield srv
 
 
 def make_backend(url: str, **overrides: Any) -> RemoteBackend:
