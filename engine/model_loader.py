@@ -346,13 +346,11 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     if int4:
         # The embedded copy is ours (its folder is rebuilt when its source changes): keep the packed weights
         # beside it, keyed by that source. A user's model folder may be read-only or shared: no cache there.
-        embedded = settings.model == "embedded"
         marker = model_dir / CACHE_MARKER
-        quantization = _apply_int4(
-            model,
-            cache=model_dir / INT4_CACHE if embedded and marker.is_file() else None,
-            cache_key=marker.read_text(encoding="utf-8") if embedded and marker.is_file() else "",
-        )
+        cache, cache_key = None, ""
+        if settings.model == "embedded" and marker.is_file():
+            cache, cache_key = model_dir / INT4_CACHE, marker.read_text(encoding="utf-8")
+        quantization = _apply_int4(model, cache=cache, cache_key=cache_key)
 
     loaded = LoadedModel(
         model=model,
