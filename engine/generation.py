@@ -266,16 +266,24 @@ def _decode_attention(
     scaling: float | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Attention for one query per row in plain matmuls; anything else goes to transformers' SDPA.
+    """Attention for one query per row in plain matmuls, for many in SDPA (see ``_prefill_attention``).
 
     PyTorch's CPU SDPA kernel is tuned for long queries: for a single one it is several times slower than
     two matmuls and a softmax. Scores and softmax are float32, as inside SDPA.
     """
-    if query.shape[2] != 1 or dropout or kwargs.get("output_attentions"):
+    unmasked_offset = attention_mask is None and query.shape[2] not in (1, key.shape[2])
+    if (
+        dropout
+        or unmasked_offset
+        or kwargs.get("output_attentions")
+        or kwargs.get("position_bias") is not None
+    ):
         key = key.to(query.dtype)  # the cache may keep keys in float32 (see below)
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
+    if query.shape[2] != 1:
+        return _prefill_attention(module, query, key, value, attention_mask, scaling), None
     batch, q_heads, _, dim = query.shape
     kv_heads = key.shape[1]
     # Group the query heads that share a key/value head (GQA) instead of repeating the keys.
@@ -292,6 +300,36 @@ def _decode_attention(
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     out = torch.matmul(probs, value)  # (batch, kv_heads, groups, dim)
     return out.reshape(batch, 1, q_heads, dim), None
+
+
+def _prefill_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """SDPA for many queries, with the key/value heads shared natively (``enable_gqa``).
+
+    transformers' SDPA path repeats the keys and values once per query group when a mask is given (a
+    follow-up turn's prefill over a reused session always has one): three copies of the whole history per
+    layer, ~8% of such a turn. The kernel and its arithmetic are the same either way (identical outputs).
+    """
+    key = key.to(query.dtype)  # the generator's cache keeps keys in float32 for decoding
+    causal = attention_mask is None and getattr(module, "is_causal", True)
+    if attention_mask is not None and attention_mask.shape[-1] != key.shape[2]:
+        attention_mask = attention_mask[..., : key.shape[2]]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        scale=scaling,
+        is_causal=causal,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+    return out.transpose(1, 2).contiguous()
 
 
 ATTENTION_NAME = "hexcore_decode"
