@@ -42,6 +42,7 @@ from knowledge.errors import KnowledgeError
 if TYPE_CHECKING:
     from engine.router import Router
     from engine.streaming import WorkItem
+    from engine.worker import Admit
     from knowledge.base import KnowledgeBase
     from knowledge.context import AssembledContext
 
@@ -358,36 +359,37 @@ class BatchRunner:
     def close(self) -> None:
         self.sessions.clear()
 
-    def run(self, items: list[WorkItem]) -> None:
-        prepared: list[tuple[WorkItem, Turn, list[Expert | None]]] = []
-        for item in items:
-            if item.cancelled:
-                continue  # the worker settles it as cancelled
-            try:
-                turn, adapters = self._prepare(item.payload)
-            except EngineError as exc:
-                item.fail(exc)
-                continue
-            except KnowledgeError as exc:
-                item.fail(GenerationError(f"retrieval failed: {exc}"))
-                continue
-            except Exception as exc:  # a bug in one request's preparation must not take the batch down
-                log.exception("preparing a request failed")
-                error = GenerationError(f"preparing the answer failed: {type(exc).__name__}: {exc}")
-                error.__cause__ = exc
-                item.fail(error)
-                continue
-            prepared.append((item, turn, adapters))
-        if not prepared:
-            return
-        if self.before_generate is not None:
+    def run(self, items: list[WorkItem], *, admit: Admit | None = None) -> None:
+        """Answer ``items``; with ``admit``, requests queued meanwhile join the running generator batch."""
+        prepared = [p for p in map(self._prepare_item, items) if p is not None]
+        if self.before_generate is not None and prepared:
             self.before_generate([turn.request for _, turn, _ in prepared])
         singles = [p for p in prepared if len(p[2]) == 1]
+        fused = [p for p in prepared if len(p[2]) > 1]
         if singles:
-            self._run_batch(singles)
-        for item, turn, adapters in prepared:
-            if len(adapters) > 1:
-                self._run_fused(item, turn, adapters)
+            self._run_batch(singles, admit, fused)
+        for item, turn, adapters in fused:
+            self._run_fused(item, turn, adapters)
+
+    def _prepare_item(self, item: WorkItem) -> tuple[WorkItem, Turn, list[Expert | None]] | None:
+        """Route and retrieve for one request; None (the item settled, or cancelled) when it cannot run."""
+        if item.cancelled:
+            return None  # the worker settles it as cancelled
+        try:
+            turn, adapters = self._prepare(item.payload)
+        except EngineError as exc:
+            item.fail(exc)
+            return None
+        except KnowledgeError as exc:
+            item.fail(GenerationError(f"retrieval failed: {exc}"))
+            return None
+        except Exception as exc:  # a bug in one request's preparation must not take the batch down
+            log.exception("preparing a request failed")
+            error = GenerationError(f"preparing the answer failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            item.fail(error)
+            return None
+        return item, turn, adapters
 
     def _prepare(self, payload: Any) -> tuple[Turn, list[Expert | None]]:
         request = payload.request
@@ -425,21 +427,49 @@ class BatchRunner:
 
     # ---- one-expert requests: one mixed-adapter batch ----
 
-    def _run_batch(self, batch: list[tuple[WorkItem, Turn, list[Expert | None]]]) -> None:
+    def _run_batch(
+        self,
+        batch: list[tuple[WorkItem, Turn, list[Expert | None]]],
+        admit: Admit | None = None,
+        fused: list[tuple[WorkItem, Turn, list[Expert | None]]] | None = None,
+    ) -> None:
+        """One mixed-adapter generator batch. With ``admit``, newly queued one-expert requests join it between
+        decode steps (each holding its adapter until the batch ends); several-expert ones go to ``fused``."""
         from engine.generation import GenJob
 
         with contextlib.ExitStack() as stack:
-            try:
-                names = stack.enter_context(self.registry.use([adapters[0] for _, _, adapters in batch]))
-            except AdapterError as exc:  # an adapter vanished since _prepare (a failed swap): this batch only
-                for item, _, _ in batch:
-                    item.fail(exc)
-                return
-            jobs = [
-                self._job(GenJob, item, turn, name)
-                for (item, turn, _), name in zip(batch, names, strict=True)
-            ]
-            self.generator.run_batch(jobs)
+
+            def jobs_for(prepared: list[tuple[WorkItem, Turn, list[Expert | None]]]) -> list[Any]:
+                jobs = []
+                for item, turn, adapters in prepared:
+                    try:
+                        (name,) = stack.enter_context(self.registry.use(adapters[:1]))
+                    except AdapterError as exc:  # vanished since _prepare (a failed swap): this request only
+                        item.fail(exc)
+                        continue
+                    jobs.append(self._job(GenJob, item, turn, name))
+                return jobs
+
+            generator = self.generator
+            later: list[tuple[WorkItem, Turn, list[Expert | None]]] = []
+
+            def more(free: int) -> list[Any]:
+                prepared = [p for p in map(self._prepare_item, admit(free)) if p is not None]  # type: ignore[misc]
+                if self.before_generate is not None and prepared:
+                    self.before_generate([turn.request for _, turn, _ in prepared])
+                if fused is not None:
+                    fused.extend(p for p in prepared if len(p[2]) > 1)
+                singles = [p for p in prepared if len(p[2]) == 1]
+                if self.generator is not generator:  # a first adapter wrapped the model: next batch
+                    later.extend(singles)
+                    return []
+                return jobs_for(singles)
+
+            jobs = jobs_for(batch)
+            if jobs or admit is not None:
+                generator.run_batch(jobs, admit=more if admit is not None else None)
+        if later:
+            self._run_batch(later, admit, fused)
 
     def _job(self, job_type: Any, item: WorkItem, turn: Turn, adapter: str) -> Any:
         from engine.generation import cut_repeated_tail, decode_text

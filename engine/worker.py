@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -44,9 +46,17 @@ class Runner(Protocol):
     steps; items it leaves unsettled are failed for it. Raising from ``run`` counts as a crash of the
     whole runner. Optional methods, used when present: ``compatible(a, b) -> bool`` (may ``b`` share a
     batch led by ``a``; default: any item may) and ``close() -> None`` (free the model when discarded).
+    A ``run(items, *, admit)`` may take more requests while it runs (see ``Admit``); it settles those too.
     """
 
     def run(self, items: list[WorkItem]) -> None: ...
+
+
+Admit = Callable[[int], list[WorkItem]]
+"""``admit(n)``: up to ``n`` more queued requests for the running batch (compatible with its leader, already
+counted in flight); ``[]`` when none wait or the worker is closing. Passed to a runner whose ``run`` takes an
+``admit`` keyword, so requests that arrive mid-batch join it between decode steps instead of waiting for
+the whole batch to end (continuous batching)."""
 
 
 class WorkerState(StrEnum):
@@ -327,19 +337,25 @@ class EngineWorker:
 
     def _serve(self, runner: Runner) -> None:
         compatible = getattr(runner, "compatible", None)
+        takes_admit = "admit" in inspect.signature(runner.run).parameters
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if self._closing and not (self._drain and self._queue):
                     return
-                batch, dropped = self._take_batch(compatible)
+                batch, dropped = self._take_batch(compatible, self._batch_size)
                 self._in_flight = batch
             for item in dropped:
                 item.fail(RequestCancelled("cancelled before it started"))
             if not batch:
                 continue
-            runner.run(batch)  # a raise here is a crash: _supervise handles the batch
+            if takes_admit:
+                runner.run(batch, admit=functools.partial(self._admit, batch[0], compatible))
+            else:
+                runner.run(batch)  # a raise here is a crash: _supervise handles the batch
+            with self._cond:
+                batch = list(self._in_flight)  # with the requests admitted while it ran
             for item in batch:
                 if item.cancelled:
                     item.fail(RequestCancelled("cancelled"))
@@ -351,18 +367,37 @@ class EngineWorker:
                 self._consecutive_failures = 0
                 self._backoff_s = 0.0
 
+    def _admit(
+        self, leader: WorkItem, compatible: Callable[[WorkItem, WorkItem], bool] | None, n: int
+    ) -> list[WorkItem]:
+        """``Admit`` for the batch led by ``leader`` (called from the runner, in this thread)."""
+        with self._cond:
+            if n < 1 or not self._queue or (self._closing and not self._drain):
+                return []
+            more, dropped = self._take_batch(compatible, n, leader=leader)
+            self._in_flight.extend(more)
+        for item in dropped:
+            item.fail(RequestCancelled("cancelled before it started"))
+        return more
+
     def _take_batch(
-        self, compatible: Callable[[WorkItem, WorkItem], bool] | None
+        self,
+        compatible: Callable[[WorkItem, WorkItem], bool] | None,
+        limit: int,
+        leader: WorkItem | None = None,
     ) -> tuple[list[WorkItem], list[WorkItem]]:
-        """Called with the lock held: up to batch_size compatible items, queue order, led by the oldest."""
+        """Called with the lock held: up to ``limit`` items compatible with ``leader`` (default: the oldest
+        queued, which then leads), in queue order; and the cancelled ones met on the way."""
         batch: list[WorkItem] = []
         dropped: list[WorkItem] = []
         for item in self._queue:
-            if len(batch) >= self._batch_size:
+            if len(batch) >= limit:
                 break
             if item.cancelled:
                 dropped.append(item)
-            elif not batch or compatible is None or compatible(batch[0], item):
+            elif leader is None and not batch:
+                batch.append(item)
+            elif compatible is None or compatible(leader or batch[0], item):
                 batch.append(item)
         taken = {id(item) for item in batch} | {id(item) for item in dropped}
         self._queue = deque(item for item in self._queue if id(item) not in taken)

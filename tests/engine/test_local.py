@@ -226,7 +226,7 @@ async def test_two_turns_reuse_the_cache_and_match_recomputing(engine: LocalEngi
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
-async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalEngine, hook: Hook) -> None:
+async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(engine: LocalEngine, hook: Hook) -> None:
     await idle(engine)
     hook.gate.clear()
     batches_before = engine.worker.status().batches
@@ -237,7 +237,7 @@ async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalE
         "What does lifelink do?": ("702.15", Expert.EXPLAIN),
     }
     try:
-        first = asyncio.create_task(engine.ask(AnswerRequest("What is the stack?")))
+        first = asyncio.create_task(engine.ask(AnswerRequest("What is the stack?", experts=(Expert.REASON,))))
         await until(lambda: hook.batches[-1:] == [["What is the stack?"]])  # held in the worker
         tasks = {
             q: asyncio.create_task(engine.ask(AnswerRequest(q, experts=(expert,))))
@@ -249,14 +249,23 @@ async def test_concurrent_requests_are_batched_over_mixed_experts(engine: LocalE
     await first
     answers = {q: await t for q, t in tasks.items()}
     await idle(engine)
-    assert engine.worker.status().batches - batches_before == 2  # the held one, then the other four together
+    # One worker batch: three of the four queued while the first was held joined its generator batch at its
+    # first decode step (batch_size 4), the fourth as soon as a row finished.
+    assert engine.worker.status().batches - batches_before == 1
+    assert hook.batches[-2:] == [list(questions)[:3], list(questions)[3:]]
     for question, (prefix, expert) in questions.items():
         answer = answers[question]
         assert answer.question == question and answer.experts == [expert]
         assert any(n.startswith(prefix) for n in rule_ids(answer)), (question, rule_ids(answer))
-    batched = [r for r in list(engine.records)[-4:]]
-    assert {r.batch_size for r in batched} == {4}
-    assert len({r.adapters[0].split("-")[0] for r in batched}) == 3  # one batch, three adapters
+    batched = {r.question: r for r in list(engine.records)[-5:]}
+    # Four rows of three adapters decoded together; every answer ran to the same length (24 tokens), so the
+    # fourth queued request joined when those rows ended, in the same worker batch.
+    assert {q: r.batch_size for q, r in batched.items()} == {
+        "What is the stack?": 4,
+        **{q: 4 for q in list(questions)[:3]},
+        "What does lifelink do?": 1,
+    }
+    assert len({batched[q].adapters[0].split("-")[0] for q in list(batched)[:4]}) == 3
 
 
 async def test_overload_is_refused_at_once(engine: LocalEngine, hook: Hook) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from engine.errors import EngineDead, EngineOverloaded, GenerationError, InvalidRequest, RequestCancelled
 from engine.streaming import WorkItem
-from engine.worker import EngineWorker, WorkerState
+from engine.worker import Admit, EngineWorker, WorkerState
 
 _names = itertools.count()
 
@@ -46,12 +46,17 @@ class SpellRunner:
     batches: list[list[str]] = field(default_factory=list)
     produced: Counter = field(default_factory=Counter)
     closed: int = 0
+    widest: int = 0
+    """The most items decoded together (with admission)."""
 
     def compatible(self, a: WorkItem, b: WorkItem) -> bool:
         return a.payload.group == b.payload.group
 
     def run(self, items: list[WorkItem]) -> None:
         self.batches.append([item.payload.text for item in items])
+        self._decode(items)
+
+    def _decode(self, items: list[WorkItem], admit: Admit | None = None, rows: int = 0) -> None:
         for item in items:
             if item.payload.gate is not None:
                 item.payload.gate.wait(10)
@@ -60,25 +65,41 @@ class SpellRunner:
             if item.payload.bad:
                 item.fail(InvalidRequest("that question is malformed"))
         live = [item for item in items if not item.done]
-        step = 0
+        spelled = Counter[int]()  # words emitted per item (id): a newcomer starts at its first word
         while live:
+            if admit is not None and len(live) < rows:
+                joined = admit(rows - len(live))
+                self.batches[-1].extend(item.payload.text for item in joined)
+                live.extend(joined)
+                self.widest = max(self.widest, len(live))
             for item in list(live):
                 words = item.payload.text.split()
                 if item.cancelled:
                     live.remove(item)  # the worker settles it as cancelled
-                elif step == len(words):
+                elif spelled[id(item)] == len(words):
                     item.finish(item.payload.text.upper())
                     live.remove(item)
                 else:
-                    item.emit(words[step])
+                    item.emit(words[spelled[id(item)]])
+                    spelled[id(item)] += 1
                     self.produced[item.payload.text] += 1
-            step += 1
             delay = max((item.payload.delay for item in live), default=0.0)
             if delay:
                 time.sleep(delay)
 
     def close(self) -> None:
         self.closed += 1
+
+
+@dataclass
+class AdmittingRunner(SpellRunner):
+    """Takes queued requests into its running batch between steps (continuous batching), up to ``rows``."""
+
+    rows: int = 3
+
+    def run(self, items: list[WorkItem], *, admit: Admit) -> None:
+        self.batches.append([item.payload.text for item in items])
+        self._decode(items, admit, self.rows)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -301,6 +322,54 @@ async def test_only_compatible_requests_share_a_batch(spell) -> None:
     for stream in [first, *rest]:
         assert [event async for event in stream]
     assert runner.batches[1:] == [["a 0", "a 2", "a 4"], ["b 1", "b 3"]]
+
+
+async def test_requests_queued_mid_batch_join_the_running_batch(make_worker) -> None:
+    runner = AdmittingRunner(rows=3)
+    worker = make_worker(lambda: runner, batch_size=3)
+    await worker.start()
+    gate = threading.Event()
+    first = await worker.submit(Job("a long leader answer of many words", gate=gate, delay=0.01))
+    await until(lambda: worker.status().in_flight == 1)
+    rest = [await worker.submit(Job(f"{g} {i} words", group=g)) for i, g in enumerate("abaaa")]
+    gate.set()
+    results = [[event async for event in stream] for stream in [first, *rest]]
+    # Every answer is whole: a newcomer starts at its own first word, not at the batch's step.
+    assert results[0] == "a long leader answer of many words".split()
+    assert results[1:] == [[g, str(i), "words"] for i, g in enumerate("abaaa")]
+    # Group "a" joined the leader's run as rows freed up (never more than 3 at once); "b" waited its turn.
+    assert runner.batches[0] == ["a long leader answer of many words"] + [f"a {i} words" for i in (0, 2, 3, 4)]
+    assert runner.batches[1:] == [["b 1 words"]]
+    assert runner.widest == 3
+    await until(lambda: worker.status().batches == 2 and worker.status().processed == 6)
+    assert worker.status().in_flight == 0
+
+
+async def test_a_cancelled_request_is_not_admitted_and_closing_admits_nothing(make_worker) -> None:
+    runner = AdmittingRunner(rows=4)
+    worker = make_worker(lambda: runner, batch_size=4)
+    await worker.start()
+    gate = threading.Event()
+    first = await worker.submit(Job("leader", gate=gate))
+    await until(lambda: worker.status().in_flight == 1)
+    dropped = await worker.submit(Job("never runs"))
+    kept = await worker.submit(Job("runs"))
+    dropped.cancel()
+    gate.set()
+    assert [event async for event in first] == ["leader"]
+    assert [event async for event in kept] == ["runs"]
+    with pytest.raises(RequestCancelled):
+        [event async for event in dropped]
+    assert runner.produced["never runs"] == 0 and runner.batches == [["leader", "runs"]]
+    # Closing without drain: the running batch takes nothing more from the queue.
+    slow = await worker.submit(Job("slow " * 50, delay=0.01))
+    await until(lambda: runner.produced["slow " * 50] > 0)
+    late = await worker.submit(Job("late"))
+    await worker.close()
+    for stream in (slow, late):
+        with pytest.raises(EngineDead):
+            [event async for event in stream]
+    assert runner.produced["late"] == 0
 
 
 # ---- errors and supervision ----
