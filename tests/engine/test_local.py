@@ -226,7 +226,9 @@ async def test_two_turns_reuse_the_cache_and_match_recomputing(engine: LocalEngi
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
-async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(engine: LocalEngine, hook: Hook) -> None:
+async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(
+    engine: LocalEngine, hook: Hook
+) -> None:
     await idle(engine)
     hook.gate.clear()
     batches_before = engine.worker.status().batches

@@ -338,7 +338,9 @@ async def test_requests_queued_mid_batch_join_the_running_batch(make_worker) -> 
     assert results[0] == "a long leader answer of many words".split()
     assert results[1:] == [[g, str(i), "words"] for i, g in enumerate("abaaa")]
     # Group "a" joined the leader's run as rows freed up (never more than 3 at once); "b" waited its turn.
-    assert runner.batches[0] == ["a long leader answer of many words"] + [f"a {i} words" for i in (0, 2, 3, 4)]
+    assert runner.batches[0] == ["a long leader answer of many words"] + [
+        f"a {i} words" for i in (0, 2, 3, 4)
+    ]
     assert runner.batches[1:] == [["b 1 words"]]
     assert runner.widest == 3
     await until(lambda: worker.status().batches == 2 and worker.status().processed == 6)
