@@ -284,6 +284,8 @@ class LocalEngine:
             self.conversations,
             batch_size=settings.engine.batch_size,
             stop_on_repeat=settings.engine.stop_on_repeat,
+            admit_mid_batch=settings.engine.admit_mid_batch == "on"
+            or (settings.engine.admit_mid_batch == "auto" and loaded.device.type == "cuda"),
             preload_adapters=self.preload_adapters,
             before_generate=self.before_generate,
             on_record=self._record,

@@ -319,6 +319,7 @@ class BatchRunner:
         *,
         batch_size: int,
         stop_on_repeat: int = 0,
+        admit_mid_batch: bool = False,
         preload_adapters: bool = True,
         before_generate: Callable[[list[AnswerRequest]], None] | None = None,
         on_record: Callable[[RequestRecord], None] | None = None,
@@ -333,6 +334,8 @@ class BatchRunner:
         self.fusion = fusion
         self.batch_size = batch_size
         self.stop_on_repeat = stop_on_repeat
+        self.admit_mid_batch = admit_mid_batch
+        """Take queued requests into a running generator batch (the worker's ``admit``)."""
         self.unavailable: dict[Expert, str] = {}
         """Experts whose adapter failed to register, with the reason."""
         if preload_adapters:
@@ -360,7 +363,10 @@ class BatchRunner:
         self.sessions.clear()
 
     def run(self, items: list[WorkItem], *, admit: Admit | None = None) -> None:
-        """Answer ``items``; with ``admit``, requests queued meanwhile join the running generator batch."""
+        """Answer ``items``; with ``admit`` (and ``admit_mid_batch``), requests queued meanwhile join the
+        running generator batch."""
+        if not self.admit_mid_batch:
+            admit = None
         prepared = [p for p in map(self._prepare_item, items) if p is not None]
         if self.before_generate is not None and prepared:
             self.before_generate([turn.request for _, turn, _ in prepared])

@@ -112,12 +112,26 @@ class EngineSettings(BaseSettings):
     """End a local answer when it repeats a run of this many of its own tokens (0 = off): stops loops."""
     queue_size: int = Field(32, ge=1)
     batch_size: int = Field(8, ge=1)
+    admit_mid_batch: str = "auto"
+    """Let requests that arrive during a batch join it between decode steps: ``on``, ``off``, or ``auto`` (on
+    with CUDA, off on CPU: there a newcomer's prefill stalls every running row for ~50 decode steps, which
+    left throughput unchanged and doubled tail latency in bench_concurrency; see docs/BENCHMARKS.md)."""
     session_memory_mb: float = Field(512.0, gt=0)
     session_ttl_s: float = Field(1800.0, gt=0)
     max_sessions: int = Field(256, ge=1)
     adapters_on_device: int = Field(5, ge=1)
     router_threshold: float = Field(0.4, ge=0, le=1)
     """Per-expert selection threshold of the router (sigmoid score); 0.4 measured best on held-out examples."""
+
+    @field_validator("admit_mid_batch", mode="before")
+    @classmethod
+    def _on_off_auto(cls, value: object) -> object:
+        text = str(value).strip().lower()
+        aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
+        text = aliases.get(text, text)
+        if text not in ("auto", "on", "off"):
+            raise ValueError(f"HEXCORE_ENGINE_ADMIT_MID_BATCH must be auto, on or off (got {value!r})")
+        return text
 
     @field_validator("quantization", mode="before")
     @classmethod

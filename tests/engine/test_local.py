@@ -226,9 +226,12 @@ async def test_two_turns_reuse_the_cache_and_match_recomputing(engine: LocalEngi
 # ---------------------------------------------------------------------------------------------- concurrency
 
 
-async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(
-    engine: LocalEngine, hook: Hook
+@pytest.mark.parametrize("admit_mid_batch", [False, True], ids=["next-batch", "mid-batch"])
+async def test_queued_requests_batch_over_mixed_experts(
+    engine: LocalEngine, hook: Hook, admit_mid_batch: bool
 ) -> None:
+    runner = engine._runner
+    assert runner is not None and runner.admit_mid_batch is False  # auto: off on CPU
     await idle(engine)
     hook.gate.clear()
     batches_before = engine.worker.status().batches
@@ -238,6 +241,7 @@ async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(
         "How does deathtouch work?": ("702.2", Expert.REASON),
         "What does lifelink do?": ("702.15", Expert.EXPLAIN),
     }
+    runner.admit_mid_batch = admit_mid_batch
     try:
         first = asyncio.create_task(engine.ask(AnswerRequest("What is the stack?", experts=(Expert.REASON,))))
         await until(lambda: hook.batches[-1:] == [["What is the stack?"]])  # held in the worker
@@ -248,23 +252,31 @@ async def test_requests_arriving_mid_batch_join_it_over_mixed_experts(
         await until(lambda: engine.worker.status().queue_depth == len(questions))
     finally:
         hook.gate.set()
-    await first
-    answers = {q: await t for q, t in tasks.items()}
-    await idle(engine)
-    # One worker batch: three of the four queued while the first was held joined its generator batch at its
-    # first decode step (batch_size 4), the fourth as soon as a row finished.
-    assert engine.worker.status().batches - batches_before == 1
-    assert hook.batches[-2:] == [list(questions)[:3], list(questions)[3:]]
+    try:
+        await first
+        answers = {q: await t for q, t in tasks.items()}
+        await idle(engine)
+    finally:
+        runner.admit_mid_batch = False
     for question, (prefix, expert) in questions.items():
         answer = answers[question]
         assert answer.question == question and answer.experts == [expert]
         assert any(n.startswith(prefix) for n in rule_ids(answer)), (question, rule_ids(answer))
     batched = {r.question: r for r in list(engine.records)[-5:]}
-    # Four rows of three adapters decoded together; every answer ran to the same length (24 tokens), so the
-    # fourth queued request joined when those rows ended, in the same worker batch.
+    if not admit_mid_batch:  # the held one alone, then the four together: four rows, three adapters
+        assert engine.worker.status().batches - batches_before == 2
+        assert hook.batches[-1] == list(questions)
+        assert {q: r.batch_size for q, r in batched.items() if q in questions} == dict.fromkeys(questions, 4)
+        assert len({batched[q].adapters[0].split("-")[0] for q in questions}) == 3
+        return
+    # One worker batch: three of the four queued while the first was held joined its generator batch at
+    # its first decode step (batch_size 4); every answer runs to 24 tokens, so the fourth joined when those
+    # rows ended, still in the same worker batch.
+    assert engine.worker.status().batches - batches_before == 1
+    assert hook.batches[-2:] == [list(questions)[:3], list(questions)[3:]]
     assert {q: r.batch_size for q, r in batched.items()} == {
         "What is the stack?": 4,
-        **{q: 4 for q in list(questions)[:3]},
+        **dict.fromkeys(list(questions)[:3], 4),
         "What does lifelink do?": 1,
     }
     assert len({batched[q].adapters[0].split("-")[0] for q in list(batched)[:4]}) == 3

@@ -77,3 +77,21 @@ def test_only_the_process_with_shard_zero_is_primary_by_default():
     assert BotSettings().is_primary  # one process runs every shard
     assert not BotSettings(shard_count=4, shard_ids=[2, 3]).is_primary
     assert BotSettings(shard_count=4, shard_ids=[2, 3], primary=True).is_primary
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("auto", "auto"), ("ON", "on"), ("true", "on"), ("0", "off"), (" off ", "off")]
+)
+def test_admit_mid_batch_reads_on_off_and_auto(monkeypatch, raw, value):
+    monkeypatch.setenv("HEXCORE_ENGINE_ADMIT_MID_BATCH", raw)
+    assert EngineSettings().admit_mid_batch == value
+
+
+def test_quantization_and_admission_typos_name_the_variable(monkeypatch):
+    monkeypatch.setenv("HEXCORE_ENGINE_ADMIT_MID_BATCH", "sometimes")
+    with pytest.raises(ValidationError, match="HEXCORE_ENGINE_ADMIT_MID_BATCH must be auto, on or off"):
+        EngineSettings()
+    monkeypatch.delenv("HEXCORE_ENGINE_ADMIT_MID_BATCH")
+    monkeypatch.setenv("HEXCORE_ENGINE_QUANTIZATION", "int3")
+    with pytest.raises(ValidationError, match="HEXCORE_ENGINE_QUANTIZATION must be one of"):
+        EngineSettings()
