@@ -84,7 +84,8 @@ async def run_level(engine: LocalEngine, level: int, total: int, max_new_tokens:
     wall = time.perf_counter() - started
     while engine.worker.status().in_flight:  # the worker counts a batch just after its last answer
         await asyncio.sleep(0.01)
-    batch_sizes = [r.batch_size for r in list(engine.records)[-total:]]
+    records = list(engine.records)[-total:]
+    batch_sizes = [r.batch_size for r in records]
     return {
         "concurrency": level,
         "requests": total,
@@ -96,6 +97,8 @@ async def run_level(engine: LocalEngine, level: int, total: int, max_new_tokens:
         "p95_s": round(percentile(latencies, 0.95), 2),
         "worker_batches": engine.worker.status().batches - before,
         "max_rows_decoded_together": max(batch_sizes),
+        "mean_prefill_s": round(statistics.mean(r.timings_ms.get("prefill", 0.0) for r in records) / 1000, 3),
+        "mean_decode_s": round(statistics.mean(r.timings_ms.get("generate", 0.0) for r in records) / 1000, 3),
         "latencies_s": [round(x, 3) for x in latencies],
     }
 
@@ -123,6 +126,13 @@ async def main(args: argparse.Namespace) -> list[dict]:
         if base:
             for result in results:
                 result["speedup_vs_sequential"] = round(result["answers_per_s"] / base, 2)
+            # Batching shares decode steps, not the rest of a request (prefill, retrieval, routing): even
+            # with decoding free, throughput could not exceed 1 / (sequential time per request - its decode).
+            first = results[0]
+            per_request = first["wall_s"] / first["requests"]
+            results[0]["bound_if_decoding_were_free"] = round(
+                per_request / (per_request - first["mean_decode_s"]), 2
+            )
         return results
     finally:
         await engine.close()
@@ -146,6 +156,15 @@ def markdown(results: list[dict], args: argparse.Namespace) -> str:
             f"| {r['p50_s']} | {r['p95_s']} | {r['worker_batches']} | {r['max_rows_decoded_together']} "
             f"| {r.get('speedup_vs_sequential', '-')} |"
         )
+    bound = results[0].get("bound_if_decoding_were_free") if results else None
+    if bound:
+        first = results[0]
+        lines += [
+            "",
+            f"sequential: {first['wall_s'] / first['requests']:.2f} s a request, of which prefill "
+            f"{first['mean_prefill_s']:.2f} s and decoding {first['mean_decode_s']:.2f} s; batching shares only the "
+            f"decoding, so no concurrency level can exceed {bound}x here (Amdahl).",
+        ]
     return "\n".join(lines)
 
 

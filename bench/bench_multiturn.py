@@ -5,7 +5,7 @@ about ``--history-tokens`` tokens. Turn N-1 runs with a session (its prompt and 
 turn N (the history + a new question) runs twice: from its session, and from scratch on a generator
 without sessions. Repeated ``--repeats`` times; medians are reported. Target: reuse >= 5x faster.
 
-    python bench/bench_multiturn.py                        # bf16, 2 threads, embedded SmolLM2
+    python bench/bench_multiturn.py                        # engine defaults (int4, cores - 1 threads)
     python bench/bench_multiturn.py --history-tokens 2000 --threads 2 --dtype bfloat16
 """
 
@@ -76,7 +76,12 @@ def main() -> None:
     parser.add_argument(
         "--new-context-chars", type=int, default=400, help="rules text retrieved for the new question"
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) - 1),
+        help="torch threads (default: the engine's on CPU, cores - 1)",
+    )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument(
         "--quantization",
