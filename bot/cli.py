@@ -58,11 +58,16 @@ async def run_bot(token: str) -> None:
     import discord
 
     from bot.client import HexcoreBot
+    from engine.conversations import ConversationStore
     from engine.local import LocalEngine  # the real engine; imported here: it loads torch
     from hexcore.settings import get_settings
 
     settings = get_settings()
-    engine = LocalEngine(settings)
+    # Thread conversations outlive the process (a deploy, a crash); their KV caches are rebuilt on demand.
+    conversations = ConversationStore(
+        settings.engine.max_conversations, settings.engine.conversation_ttl_s, settings.paths.conversations_db
+    )
+    engine = LocalEngine(settings, conversations=conversations)
     await engine.start()
     store = await _optional_service("bot.storage", "open_store", settings)
     scheduler = None

@@ -26,18 +26,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.api import Answer, AnswerRequest, EngineStatus, Event
 from engine.backends import create_backend
+from engine.conversations import ConversationStore
 from engine.errors import EngineDead, EngineError, GenerationError
 from engine.pipeline import AnswerPipeline, BatchRunner, RequestRecord, load_fusion, validate_request
-from engine.prompts import Message
 from engine.worker import EngineWorker
 from knowledge.errors import KnowledgeError
 
@@ -79,6 +78,7 @@ class LocalEngine:
         before_generate: Callable[[list[AnswerRequest]], None] | None = None,
         preload_adapters: bool = True,
         restart_backoff: tuple[float, float] = (0.5, 30.0),
+        conversations: ConversationStore | None = None,
     ) -> None:
         from hexcore.settings import get_settings
 
@@ -89,7 +89,9 @@ class LocalEngine:
         self.before_generate = before_generate
         self.preload_adapters = preload_adapters
         engine = self.settings.engine
-        self.conversations = ConversationStore(engine.max_sessions, engine.session_ttl_s)
+        if conversations is None:  # in memory; the bot passes one kept in the state dir
+            conversations = ConversationStore(engine.max_conversations, engine.conversation_ttl_s)
+        self.conversations = conversations
         self._runner: BatchRunner | RemoteRunner | None = None
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.records: deque[RequestRecord] = deque(maxlen=LATENCY_WINDOW)
@@ -154,7 +156,7 @@ class LocalEngine:
         return answer
 
     async def end_session(self, session_id: str) -> None:
-        self.conversations.end(session_id)
+        await asyncio.to_thread(self.conversations.end, session_id)  # a disk write: off the loop
         runner = self._runner
         if isinstance(runner, BatchRunner):
             runner.sessions.end(session_id)
@@ -314,47 +316,3 @@ def _serving_versions(runner: BatchRunner | RemoteRunner | None) -> dict[str, st
     if isinstance(runner, BatchRunner):
         return runner.registry.serving_versions()
     return runner.serving_versions()
-
-
-class ConversationStore:
-    """Chat history per session id: LRU-capped and forgotten after ``ttl_s`` idle (thread-safe).
-
-    Kept by the engine, not the runner, so conversations survive a worker restart (their KV caches do not:
-    the next turn recomputes once).
-    """
-
-    def __init__(self, max_sessions: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_sessions = max_sessions
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[list[Message], float]] = OrderedDict()
-
-    def get(self, session_id: str | None) -> list[Message]:
-        if session_id is None:
-            return []
-        with self._lock:
-            self._expire()
-            entry = self._entries.get(session_id)
-            return [dict(m) for m in entry[0]] if entry else []
-
-    def put(self, session_id: str, history: Sequence[Message]) -> None:
-        with self._lock:
-            self._entries.pop(session_id, None)
-            self._entries[session_id] = ([dict(m) for m in history], self._clock())
-            while len(self._entries) > self.max_sessions:
-                self._entries.popitem(last=False)
-
-    def end(self, session_id: str) -> bool:
-        with self._lock:
-            return self._entries.pop(session_id, None) is not None
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._expire()
-            return len(self._entries)
-
-    def _expire(self) -> None:
-        deadline = self._clock() - self.ttl_s
-        for sid in [sid for sid, (_, used) in self._entries.items() if used < deadline]:
-            del self._entries[sid]

@@ -14,7 +14,7 @@ The answer must be right even though a 135M model writes weak prose: the passage
 guarded text is empty the answer says to read the quoted passages rather than inventing anything.
 
 Multi-turn: a session's earlier turns are repeated verbatim in the next prompt (the history is kept by the
-caller, ``engine.local.ConversationStore``), so the generator's KV-cache session only prefills the new message.
+caller, ``engine.conversations.ConversationStore``), so the generator's KV-cache session only prefills the new message.
 """
 
 from __future__ import annotations

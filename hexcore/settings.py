@@ -66,6 +66,10 @@ class PathSettings(BaseSettings):
     def index_dir(self) -> Path:
         return self.state_dir / "index"
 
+    @property
+    def conversations_db(self) -> Path:
+        return self.state_dir / "conversations.sqlite3"
+
 
 class KnowledgeSettings(BaseSettings):
     model_config = _config("HEXCORE_KNOWLEDGE_")
@@ -118,7 +122,12 @@ class EngineSettings(BaseSettings):
     left throughput unchanged and doubled tail latency in bench_concurrency; see docs/BENCHMARKS.md)."""
     session_memory_mb: float = Field(512.0, gt=0)
     session_ttl_s: float = Field(1800.0, gt=0)
+    """KV-cache sessions (memory) are dropped after this long without a turn."""
     max_sessions: int = Field(256, ge=1)
+    conversation_ttl_s: float = Field(7 * 24 * 3600.0, gt=0)
+    """Conversation histories (text; the bot keeps them in ``<state_dir>/conversations.sqlite3``) are forgotten
+    after this long without a turn: a thread answered days later still has its context."""
+    max_conversations: int = Field(10_000, ge=1)
     adapters_on_device: int = Field(5, ge=1)
     router_threshold: float = Field(0.4, ge=0, le=1)
     """Per-expert selection threshold of the router (sigmoid score); 0.4 measured best on held-out examples."""

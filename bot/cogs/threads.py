@@ -2,10 +2,12 @@
 
 A thread started from a message has the message's id, and an answer's session id is its message id, so
 ``session_id == thread id`` and a follow-up reuses the KV cache of the answer it follows. Archiving or
-deleting the thread ends the session in the engine; otherwise the engine's TTL ends it.
+deleting the thread ends the session in the engine; otherwise the engine's TTLs end it (the KV cache
+after 30 minutes idle, the conversation after 7 days: ``engine.conversations``).
 
 Which threads the bot opened is kept in memory (bounded). After a restart, a thread the bot owns is still
-recognised (its owner is the bot) and continues with ``session_id = thread id``.
+recognised (its owner is the bot) and continues with ``session_id = thread id``, with its history: the bot's
+engine keeps conversations in ``<state_dir>/conversations.sqlite3``.
 """
 
 from __future__ import annotations

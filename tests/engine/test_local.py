@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 
 from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
+from engine.conversations import ConversationStore
 from engine.errors import AdapterError, EngineOverloaded, GenerationError, InvalidRequest
 from engine.local import LocalEngine
 from engine.pipeline import EMPTY_ANSWER
@@ -362,6 +363,47 @@ async def test_warm_up_answers_frequent_questions(engine: LocalEngine) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- adapters
+
+
+async def test_a_thread_continues_after_a_restart_from_its_stored_conversation(
+    engine: LocalEngine, state_dir: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """The bot keeps conversations in a file: a new process answers a follow-up with the whole history."""
+    path = tmp_path / "conversations.sqlite3"
+    first_turn = AnswerRequest("How does trample work?", experts=(Expert.EXPLAIN,), session_id="thread-1")
+    follow_up = AnswerRequest("And if the blocker dies?", experts=(Expert.EXPLAIN,), session_id="thread-1")
+
+    before = LocalEngine(
+        real_settings(state_dir, data_dir),
+        knowledge=engine.knowledge,
+        conversations=ConversationStore(10, 3600, path),
+    )
+    await before.start()
+    try:
+        await before.ask(first_turn)
+    finally:
+        await before.close()  # the process ends: KV caches and the worker are gone, the file stays
+
+    after = LocalEngine(
+        real_settings(state_dir, data_dir),
+        knowledge=engine.knowledge,
+        conversations=ConversationStore(10, 3600, path),
+    )
+    await after.start()
+    try:
+        await after.ask(follow_up)
+        restarted = after.records[-1]
+        history = after.conversations.get("thread-1")
+    finally:
+        await after.close()
+    # The same two turns in one process, for reference: the restarted prompt is the very same prompt.
+    await engine.ask(AnswerRequest(first_turn.question, experts=first_turn.experts, session_id="thread-ref"))
+    await engine.ask(AnswerRequest(follow_up.question, experts=follow_up.experts, session_id="thread-ref"))
+    assert restarted.reused_tokens == 0  # nothing cached survived the restart
+    assert restarted.prompt_tokens == engine.records[-1].prompt_tokens
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert first_turn.question in history[0]["content"] and follow_up.question in history[2]["content"]
+    await engine.end_session("thread-ref")
 
 
 async def test_a_corrupt_adapter_disables_only_its_expert(

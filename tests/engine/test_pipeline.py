@@ -13,7 +13,6 @@ import pytest
 from engine.api import AnswerRequest, Expert
 from engine.errors import AdapterError, InvalidRequest
 from engine.grounding import UNVERIFIED
-from engine.local import ConversationStore
 from engine.pipeline import EMPTY_ANSWER, MAX_QUESTION_CHARS, AnswerPipeline, validate_request
 from engine.prompts import EXPERT_INSTRUCTIONS, next_history
 
@@ -54,23 +53,6 @@ def test_validate_dedupes_experts_and_accepts_names() -> None:
         default_max_new_tokens=24,
     )
     assert request.experts == (Expert.TEACH, Expert.REASON)
-
-
-# ---------------------------------------------------------------------------------------------- conversations
-
-
-def test_conversation_store_caps_and_expires() -> None:
-    now = [0.0]
-    store = ConversationStore(max_sessions=2, ttl_s=10, clock=lambda: now[0])
-    store.put("a", [{"role": "user", "content": "1"}])
-    store.put("b", [{"role": "user", "content": "2"}])
-    store.put("c", [{"role": "user", "content": "3"}])
-    assert store.get("a") == []  # least recently used out
-    assert store.get("c") == [{"role": "user", "content": "3"}]
-    now[0] = 11.0
-    assert store.get("c") == [] and len(store) == 0
-    store.put("d", [])
-    assert store.end("d") and not store.end("d")
 
 
 # ---------------------------------------------------------------------------------------------- real parts
