@@ -22,7 +22,7 @@ from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
 from engine.conversations import ConversationStore
 from engine.errors import AdapterError, EngineOverloaded, GenerationError, InvalidRequest
 from engine.local import LocalEngine
-from engine.pipeline import EMPTY_ANSWER
+from engine.pipeline import EMPTY_ANSWER, RequestRecord
 from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
@@ -373,29 +373,22 @@ async def test_a_thread_continues_after_a_restart_from_its_stored_conversation(
     first_turn = AnswerRequest("How does trample work?", experts=(Expert.EXPLAIN,), session_id="thread-1")
     follow_up = AnswerRequest("And if the blocker dies?", experts=(Expert.EXPLAIN,), session_id="thread-1")
 
-    before = LocalEngine(
-        real_settings(state_dir, data_dir),
-        knowledge=engine.knowledge,
-        conversations=ConversationStore(10, 3600, path),
-    )
-    await before.start()
-    try:
-        await before.ask(first_turn)
-    finally:
-        await before.close()  # the process ends: KV caches and the worker are gone, the file stays
+    async def one_process(request: AnswerRequest) -> tuple[RequestRecord, list[dict[str, str]]]:
+        """Start an engine on the conversation file, answer, stop: KV caches and the worker go, the file stays."""
+        process = LocalEngine(
+            real_settings(state_dir, data_dir),
+            knowledge=engine.knowledge,
+            conversations=ConversationStore(10, 3600, path),
+        )
+        await process.start()
+        try:
+            await process.ask(request)
+            return process.records[-1], process.conversations.get("thread-1")
+        finally:
+            await process.close()
 
-    after = LocalEngine(
-        real_settings(state_dir, data_dir),
-        knowledge=engine.knowledge,
-        conversations=ConversationStore(10, 3600, path),
-    )
-    await after.start()
-    try:
-        await after.ask(follow_up)
-        restarted = after.records[-1]
-        history = after.conversations.get("thread-1")
-    finally:
-        await after.close()
+    await one_process(first_turn)
+    restarted, history = await one_process(follow_up)
     # The same two turns in one process, for reference: the restarted prompt is the very same prompt.
     await engine.ask(AnswerRequest(first_turn.question, experts=first_turn.experts, session_id="thread-ref"))
     await engine.ask(AnswerRequest(follow_up.question, experts=follow_up.experts, session_id="thread-ref"))
