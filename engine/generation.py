@@ -10,9 +10,8 @@ leaves the batch at once, and waiting jobs take its slot (continuous batching).
 Why a hand-written loop rather than ``model.generate``: per-row streaming, cancellation, session and
 plain rows together, rows joining and leaving mid-batch, and per-job timings need control of each step.
 
-Two things transformers does slowly on CPU are replaced for decoding: the KV cache is preallocated and
-written in place (``DynamicCache`` copies the whole cache on every token), and attention for a single
-query is two matmuls and a softmax (the CPU SDPA kernel is several times slower for one query).
+Two things transformers does slowly on CPU are replaced for decoding (``engine.kv_cache``): the KV cache is
+preallocated and written in place, and attention for a single query is two matmuls and a softmax.
 
 What the tests check: in float32, row i of a batch gives exactly the tokens of job i run alone, and
 ``transformers.generate``'s; a session follow-up equals recomputing the full prompt; streamed deltas
@@ -22,22 +21,19 @@ how many rows share the call, so a near-tie can flip: batched and alone agree to
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.cache_utils import Cache, DynamicCache
 
 from engine.errors import AdapterError, EngineError, GenerationError, InvalidRequest
+from engine.kv_cache import ATTENTION_NAME, GrowCache, attention_implementation
 from engine.sessions import SessionStore, cache_from_tensors
 
 log = logging.getLogger(__name__)
@@ -164,193 +160,6 @@ class IncrementalDetokenizer:
         return delta
 
 
-# ---- the batch's KV cache and decode attention ----
-#
-# Layout: every row's tokens start at column 0 of the batch buffers; shorter rows have unused (zero,
-# masked) columns on the *right*. A decode step writes each row's new key/value at that row's own
-# position. With the valid keys at the same columns as when the row runs alone, and the padding
-# contributing exact zeros at the end of each reduction, a row's result does not depend on the other
-# rows (left padding shifts the keys, and the reductions then round differently in bfloat16).
-
-
-class _Cursor:
-    """Where the current forward pass writes: per-row columns (decode) or append (prefill)."""
-
-    __slots__ = ("positions", "rows", "width")
-
-    def __init__(self) -> None:
-        self.positions: torch.Tensor | None = None
-        """Decode: the column of each row's new token. None: append after the current length."""
-        self.rows: torch.Tensor | None = None
-        self.width = 0
-        """Decode: columns the attention reads (the longest row, new token included)."""
-
-
-class _GrowLayer(DynamicLayer):
-    """One layer's keys/values: views into a preallocated buffer that ``update`` writes in place.
-
-    ``DynamicLayer`` concatenates (copies the whole cache) on every token; this writes only the new one.
-    """
-
-    def __init__(self, cursor: _Cursor, capacity: int = 0, key_dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self._cursor, self._capacity, self._key_dtype = cursor, capacity, key_dtype
-        self._kbuf: torch.Tensor | None = None
-        self._vbuf: torch.Tensor | None = None
-        self._len = 0  # columns in use (prefill: the row's length; decode: the longest row's)
-
-    def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self._kbuf, self._vbuf, self._len = keys, values, length
-        self.keys, self.values = keys[:, :, :length], values[:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
-        cursor = self._cursor
-        end = self._len + key_states.shape[2] if cursor.positions is None else cursor.width
-        if self._kbuf is None or end > self._kbuf.shape[2]:
-            capacity = max(end, self._capacity, self._kbuf.shape[2] * 3 // 2 if self._kbuf is not None else 0)
-            shape = (*key_states.shape[:2], capacity, key_states.shape[3])
-            key_dtype = self._kbuf.dtype if self._kbuf is not None else self._key_dtype or key_states.dtype
-            keys, values = key_states.new_zeros(shape, dtype=key_dtype), value_states.new_zeros(shape)
-            if self._kbuf is not None:  # out of room (rare: capacity is planned per job)
-                keys[:, :, : self._len], values[:, :, : self._len] = self.keys, self.values
-            self.adopt(keys, values, self._len)
-        if cursor.positions is None:
-            self._kbuf[:, :, self._len : end] = key_states
-            self._vbuf[:, :, self._len : end] = value_states
-        else:
-            self._kbuf[cursor.rows, :, cursor.positions] = key_states[:, :, 0].to(self._kbuf.dtype)
-            self._vbuf[cursor.rows, :, cursor.positions] = value_states[:, :, 0]
-        self.adopt(self._kbuf, self._vbuf, end)
-        return self.keys, self.values
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if self._kbuf is not None:
-            self.adopt(self._kbuf, self._vbuf, max(0, self._len - abs(tokens_to_remove)))
-
-
-class _GrowCache(Cache):
-    """The model-facing cache of a batch (or of one job's prefill)."""
-
-    def __init__(self, n_layers: int, capacity: int = 0, key_dtype: torch.dtype | None = None) -> None:
-        self.cursor = _Cursor()
-        super().__init__(layers=[_GrowLayer(self.cursor, capacity, key_dtype) for _ in range(n_layers)])
-
-    @classmethod
-    def from_prefix(
-        cls, prefix: DynamicCache, capacity: int, key_dtype: torch.dtype | None = None
-    ) -> _GrowCache:
-        """A one-row cache holding a copy of a session's prefix, with room for ``capacity`` tokens."""
-        cache = cls(len(prefix.layers), capacity, key_dtype)
-        for layer, source in zip(cache.layers, prefix.layers, strict=True):
-            length = source.keys.shape[2]
-            shape = (*source.keys.shape[:2], max(capacity, length), source.keys.shape[3])
-            keys = source.keys.new_zeros(shape, dtype=key_dtype or source.keys.dtype)
-            values = source.values.new_zeros(shape)
-            keys[:, :, :length], values[:, :, :length] = source.keys, source.values
-            layer.adopt(keys, values, length)
-        return cache
-
-    @property
-    def length(self) -> int:
-        return self.layers[0]._len
-
-
-def _decode_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Attention for one query per row in plain matmuls, for many in SDPA (see ``_prefill_attention``).
-
-    PyTorch's CPU SDPA kernel is tuned for long queries: for a single one it is several times slower than
-    two matmuls and a softmax. Scores and softmax are float32, as inside SDPA.
-    """
-    unmasked_offset = attention_mask is None and query.shape[2] not in (1, key.shape[2])
-    if (
-        dropout
-        or unmasked_offset
-        or kwargs.get("output_attentions")
-        or kwargs.get("position_bias") is not None
-    ):
-        key = key.to(query.dtype)  # the cache may keep keys in float32 (see below)
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
-        )
-    if query.shape[2] != 1:
-        return _prefill_attention(module, query, key, value, attention_mask, scaling), None
-    batch, q_heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    # Group the query heads that share a key/value head (GQA) instead of repeating the keys.
-    q = query.reshape(batch, kv_heads, q_heads // kv_heads, dim).float()
-    # Keys are kept in float32 by the generator's cache (converted once when written, not every step).
-    scores = torch.matmul(q, key.transpose(-1, -2).float())
-    scores.mul_(scaling if scaling is not None else dim**-0.5)
-    if attention_mask is not None:
-        mask = attention_mask.reshape(batch, 1, 1, -1)
-        if mask.dtype == torch.bool:
-            scores.masked_fill_(~mask, float("-inf"))
-        else:
-            scores.add_(mask)
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # (batch, kv_heads, groups, dim)
-    return out.reshape(batch, 1, q_heads, dim), None
-
-
-def _prefill_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None,
-) -> torch.Tensor:
-    """SDPA for many queries, with the key/value heads shared natively (``enable_gqa``).
-
-    transformers' SDPA path repeats the keys and values once per query group when a mask is given (a
-    follow-up turn's prefill over a reused session always has one): three copies of the whole history per
-    layer, ~8% of such a turn. The kernel and its arithmetic are the same either way (identical outputs).
-    """
-    key = key.to(query.dtype)  # the generator's cache keeps keys in float32 for decoding
-    causal = attention_mask is None and getattr(module, "is_causal", True)
-    if attention_mask is not None and attention_mask.shape[-1] != key.shape[2]:
-        attention_mask = attention_mask[..., : key.shape[2]]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attention_mask,
-        scale=scaling,
-        is_causal=causal,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )
-    return out.transpose(1, 2).contiguous()
-
-
-ATTENTION_NAME = "hexcore_decode"
-AttentionInterface.register(ATTENTION_NAME, _decode_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # masks are built as for SDPA
-
-
-@contextlib.contextmanager
-def _attention_implementation(config: Any, name: str | None) -> Iterator[None]:
-    """Use attention ``name`` inside the block only: the model object may be shared (tests, training)."""
-    previous = config._attn_implementation
-    if name is None or previous not in ("sdpa", "eager", None):  # e.g. flash-attention: leave it alone
-        yield
-        return
-    config._attn_implementation = name
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
-
-
 # ---- rows and the batch ----
 
 
@@ -396,9 +205,9 @@ class _Batch:
     def __init__(self, n_layers: int) -> None:
         self.n_layers = n_layers
         self.rows: list[_Row] = []
-        self.cache: _GrowCache | None = None
+        self.cache: GrowCache | None = None
 
-    def add(self, joined: list[tuple[_Row, _GrowCache]]) -> None:
+    def add(self, joined: list[tuple[_Row, GrowCache]]) -> None:
         """Append rows, each with its own prefilled one-row cache."""
         if self.cache is None and len(joined) == 1:
             self.rows, self.cache = [joined[0][0]], joined[0][1]
@@ -406,7 +215,7 @@ class _Batch:
         rows = self.rows + [row for row, _ in joined]
         capacity = max(row.reach for row in rows)
         width = max(row.pos for row in rows)
-        cache = _GrowCache(self.n_layers)
+        cache = GrowCache(self.n_layers)
         for li, layer in enumerate(cache.layers):
             sources = [(self.cache.layers[li], len(self.rows))] if self.cache is not None else []
             sources += [(c.layers[li], 1) for _, c in joined]
@@ -479,7 +288,7 @@ class Generator:
         text_config = self._config.get_text_config()
         self.n_layers = int(text_config.num_hidden_layers)
         self.max_positions = int(getattr(text_config, "max_position_embeddings", 0) or 1 << 30)
-        # On CPU, decode attention is our matmul version (see _decode_attention), and its float32 scores
+        # On CPU, decode attention is our matmul version (engine.kv_cache.decode_attention), and its float32 scores
         # read the keys in float32: keep them so in the cache (lossless, +50% cache memory) rather than
         # converting the whole cache on every step. Elsewhere (CUDA) SDPA stays, with model-dtype keys.
         self._decode_attention = self.device.type == "cpu"
@@ -516,7 +325,7 @@ class Generator:
             if self._registry is not None and self._registry.model is not self.model:
                 self._use_model(self._registry.model)  # the registry wraps the model on its first adapter
             attention = ATTENTION_NAME if self._decode_attention else None
-            with torch.inference_mode(), _attention_implementation(self._config, attention):
+            with torch.inference_mode(), attention_implementation(self._config, attention):
                 self._run(list(jobs), admit)
 
     def _run(self, pending: list[GenJob], admit: Callable[[int], Sequence[GenJob]] | None) -> None:
@@ -526,7 +335,7 @@ class Generator:
             free = self.max_batch_size - len(batch.rows)
             if admit is not None and free > len(pending):
                 pending.extend(admit(free - len(pending)))
-            joined: list[tuple[_Row, _GrowCache]] = []
+            joined: list[tuple[_Row, GrowCache]] = []
             while pending and len(batch.rows) + len(joined) < self.max_batch_size:
                 started = self._start(pending.pop(0))
                 if started is not None:
@@ -591,7 +400,7 @@ class Generator:
 
     # ---- one job: validate, reuse its session, prefill, first token ----
 
-    def _start(self, job: GenJob) -> tuple[_Row, _GrowCache] | None:
+    def _start(self, job: GenJob) -> tuple[_Row, GrowCache] | None:
         """Prefill one job alone; returns it with its cache, or None when it already finished or failed."""
         started = time.perf_counter()
         stats = GenStats(prompt_tokens=len(job.input_ids), queue_ms=(started - job.submitted_at) * 1000)
@@ -608,9 +417,9 @@ class Generator:
             prefix, reused = self._session_prefix(row)
             capacity = len(row.prompt) + row.max_new + 1
             cache = (
-                _GrowCache.from_prefix(prefix, capacity, self._key_dtype)
+                GrowCache.from_prefix(prefix, capacity, self._key_dtype)
                 if prefix is not None
-                else _GrowCache(self.n_layers, capacity, self._key_dtype)
+                else GrowCache(self.n_layers, capacity, self._key_dtype)
             )
             del prefix
             fresh = torch.tensor([row.prompt[reused:]], device=self.device)

@@ -14,7 +14,7 @@ and its KV cache, so the next turn prefills only the new message.
 
 The knowledge base, router and conversations survive a worker restart (they are not what crashed); the
 model, adapters, KV sessions and generator are rebuilt. The batch work itself is
-``engine.pipeline.BatchRunner``. Lookups (``rule``, ``card``, ``autocomplete_*``) are dictionary work on the
+``engine.runner.BatchRunner``. Lookups (``rule``, ``card``, ``autocomplete_*``) are dictionary work on the
 loaded knowledge base and are safe to call from the event loop.
 
 Threads: on CPU the model uses all cores but one unless ``HEXCORE_ENGINE_THREADS`` says otherwise; two
@@ -36,7 +36,8 @@ from engine.api import Answer, AnswerRequest, EngineStatus, Event
 from engine.backends import create_backend
 from engine.conversations import ConversationStore
 from engine.errors import EngineDead, EngineError, GenerationError
-from engine.pipeline import AnswerPipeline, BatchRunner, RequestRecord, load_fusion, validate_request
+from engine.pipeline import AnswerPipeline, RequestRecord, validate_request
+from engine.runner import BatchRunner, load_fusion
 from engine.worker import EngineWorker
 from knowledge.errors import KnowledgeError
 

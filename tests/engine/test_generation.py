@@ -19,10 +19,10 @@ from engine.generation import (
     GenJob,
     GenStats,
     IncrementalDetokenizer,
-    _decode_attention,
     cut_repeated_tail,
     decode_text,
 )
+from engine.kv_cache import decode_attention
 from engine.model_loader import LoadedModel, load_base_model
 from engine.prompts import build_messages, encode_messages, next_history
 from engine.sessions import SessionStore
@@ -538,7 +538,7 @@ def test_prefill_attention_equals_transformers_sdpa(past: int) -> None:
     if past:
         mask = torch.ones(new, past + new, dtype=torch.bool).tril(past)[None, None]
     module = _Attention()
-    ours, _ = _decode_attention(module, query, keys, values, mask, scaling=dim**-0.5)
+    ours, _ = decode_attention(module, query, keys, values, mask, scaling=dim**-0.5)
     theirs, _ = sdpa_attention_forward(module, query, keys.to(query.dtype), values, mask, scaling=dim**-0.5)
     assert ours.shape == (1, new, heads, dim)
     assert torch.equal(ours, theirs)

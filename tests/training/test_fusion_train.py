@@ -79,7 +79,7 @@ def test_fusion_store_versions_and_pointer(tmp_path: Path) -> None:
 
 def test_the_engine_serves_the_fusion_training_promoted(tiny_model_factory, tmp_path: Path) -> None:
     """Training writes where serving reads: ``FusionStore.from_settings`` and ``load_fusion`` agree."""
-    from engine.pipeline import load_fusion
+    from engine.runner import load_fusion
     from hexcore.settings import PathSettings, Settings
 
     loaded = tiny_model_factory()
