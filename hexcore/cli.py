@@ -11,10 +11,17 @@ import logging
 import os
 import sys
 import threading
+import warnings
 
 import click
 
 COMMAND_MODULES = ("knowledge.cli", "engine.cli", "bot.cli", "training.cli", "evaluation.cli")
+
+
+LIBRARY_NOISE = (
+    # peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model (peft 0.18).
+    r"`is_gradient_checkpointing` is deprecated",
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +30,9 @@ def main(verbose: int) -> None:
     """Hexcore: a Magic: The Gathering rules assistant grounded in the Comprehensive Rules."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:  # libraries' notes to their own developers, printed above every answer otherwise
+        for message in LIBRARY_NOISE:
+            warnings.filterwarnings("ignore", message=message)
 
 
 @main.group(name="eval")

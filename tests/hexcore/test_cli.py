@@ -73,3 +73,23 @@ def test_a_running_worker_thread_is_waited_for_unless_it_is_a_daemon(
     done = hexcore(data_dir=data_dir, tmp_path=tmp_path, code=code)
     assert done.returncode == 0
     assert marker.exists() is (not daemon)  # a daemon thread is dropped, as Python itself would
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_known_library_noise_is_hidden_unless_debugging(
+    data_dir: Path, tmp_path: Path, verbose: bool
+) -> None:
+    code = (
+        "import sys, warnings\n"
+        "from hexcore.cli import main, run\n"
+        "@main.command(name='noisy')\n"
+        "def noisy():\n"
+        "    warnings.warn('`is_gradient_checkpointing` is deprecated and will be removed in v6.', FutureWarning)\n"
+        "    warnings.warn('a warning we did not expect', FutureWarning)\n"
+        f"sys.argv = ['hexcore', *{['-vv'] if verbose else []!r}, 'noisy']\n"
+        "run()\n"
+    )
+    done = hexcore(data_dir=data_dir, tmp_path=tmp_path, code=code)
+    assert done.returncode == 0, done.stderr
+    assert "a warning we did not expect" in done.stderr  # anything else still shows
+    assert ("is_gradient_checkpointing" in done.stderr) is verbose
