@@ -190,9 +190,10 @@ def answer_embeds(answer: Answer, *, title: str | None = None) -> list[discord.E
         footer += f" · Comprehensive Rules {', '.join(releases)}"
     heading = truncate(neutralize_mentions(title or answer.question), limits.EMBED_TITLE_LIMIT)
     embeds = []
-    chunks = split_text(
-        neutralize_mentions(answer.text.strip() or "(no answer text)"), limits.EMBED_DESCRIPTION_LIMIT
-    )
+    text = answer.text.strip() or "(no answer text)"
+    if answer.note:
+        text += f"\n\n*{answer.note}*"
+    chunks = split_text(neutralize_mentions(text), limits.EMBED_DESCRIPTION_LIMIT)
     for i, chunk in enumerate(chunks):
         head = heading if i == 0 else truncate(f"{heading} {CONTINUED}", limits.EMBED_TITLE_LIMIT)
         embed = discord.Embed(title=head, description=chunk, colour=ANSWER_COLOUR)

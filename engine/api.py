@@ -59,12 +59,18 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     """Per stage: route, retrieve, assemble, prefill, generate, total."""
     generated_tokens: int = 0
+    text_cites: list[str] = field(default_factory=list)
+    """Rule numbers the text itself cites, each backed by a quoted passage (the grounding guard's check)."""
+    note: str | None = None
+    """A caution every UI shows with the text: set when the text cites none of the quoted rules."""
 
     def to_json(self) -> dict:
         return {
             "question": self.question,
             "experts": [e.value for e in self.experts],
             "text": self.text,
+            "text_cites": self.text_cites,
+            "note": self.note,
             "citations": [
                 {"id": c.id, "kind": c.kind, "release": c.release, "text": p.text}
                 for c, p in zip(self.citations, self.passages, strict=False)

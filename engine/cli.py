@@ -98,7 +98,8 @@ def format_sources(answer: Answer) -> str:
 
 def format_answer(answer: Answer) -> str:
     experts = ", ".join(e.value for e in answer.experts)
-    return f"{answer.text}\n\n({experts})\n\n{format_sources(answer)}"
+    note = f"\n\nNote: {answer.note}" if answer.note else ""
+    return f"{answer.text}{note}\n\n({experts})\n\n{format_sources(answer)}"
 
 
 async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stream: bool) -> Answer:
@@ -124,7 +125,8 @@ async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stre
         elif core.rstrip() != answer.text:
             out.write(("\n" if written else "") + answer.text)
         experts = ", ".join(e.value for e in answer.experts)
-        out.write(f"\n\n({experts})\n\n{format_sources(answer)}\n")
+        note = f"\n\nNote: {answer.note}" if answer.note else ""
+        out.write(f"{note}\n\n({experts})\n\n{format_sources(answer)}\n")
         out.flush()
     return answer
 

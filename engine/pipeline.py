@@ -53,6 +53,7 @@ MAX_NEW_TOKENS = 4096
 FOLLOW_UP_WORDS = 8
 """A question this short in a conversation ("and with deathtouch?") is retrieved with the previous one."""
 EMPTY_ANSWER = "The quoted rules and cards below answer this; read them for the details."
+UNCITED_NOTE = "This summary cites no rule, so it may be wrong: the quoted rules below are the answer."
 
 
 def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> AnswerRequest:
@@ -236,7 +237,8 @@ class AnswerPipeline:
         generated_tokens: int,
     ) -> Answer:
         """The final answer: guarded text, citations and passages exactly as placed in the prompt, timings."""
-        guarded = guard_text(text, turn.allowed_rules).text.strip()
+        report = guard_text(text, turn.allowed_rules)
+        guarded = report.text.strip()
         timings = dict(turn.timings_ms)
         timings["prefill"] = prefill_ms
         timings["generate"] = generate_ms
@@ -251,6 +253,9 @@ class AnswerPipeline:
             session_id=turn.request.session_id,
             timings_ms={k: round(v, 2) for k, v in timings.items()},
             generated_tokens=generated_tokens,
+            text_cites=report.kept,
+            # Prose that cites none of the quoted rules is the small model's unchecked summary: say so.
+            note=UNCITED_NOTE if guarded and not report.kept and passages else None,
         )
 
 

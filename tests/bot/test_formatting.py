@@ -92,6 +92,15 @@ def test_answer_embeds_cite_every_passage_with_release():
     ]
 
 
+def test_an_uncited_summary_shows_its_caution_under_the_text():
+    passages = [Passage("rule:117.7", "Rule text.", Citation("117.7", "rule", "2026-01-16"))]
+    answer = _answer("The answer is no.", passages)
+    answer.note = "This summary cites no rule."
+    embeds = formatting.answer_embeds(answer)
+    assert embeds[0].description == "The answer is no.\n\n*This summary cites no rule.*"
+    assert formatting.answer_embeds(_answer("Yes (CR 117.7).", passages))[0].description == "Yes (CR 117.7)."
+
+
 def test_long_passage_split_over_fields_and_embeds():
     long_rule = " ".join(f"sentence {i}." for i in range(2000))  # ~25,000 characters
     passages = [Passage(f"rule:1.{i}", long_rule, Citation(f"1.{i}", "rule", "2026-01-16")) for i in range(2)]

@@ -13,7 +13,7 @@ import pytest
 from engine.api import AnswerRequest, Expert
 from engine.errors import AdapterError, InvalidRequest
 from engine.grounding import UNVERIFIED
-from engine.pipeline import EMPTY_ANSWER, MAX_QUESTION_CHARS, AnswerPipeline, validate_request
+from engine.pipeline import EMPTY_ANSWER, MAX_QUESTION_CHARS, UNCITED_NOTE, AnswerPipeline, validate_request
 from engine.prompts import EXPERT_INSTRUCTIONS, next_history
 
 RELEASE = "2026-01-16"
@@ -124,6 +124,7 @@ def test_answer_cites_exactly_the_prompt_passages_and_drops_invented_rules(pipel
     assert answer.citations == [p.citation for p in turn.passages]
     assert f"(CR {cited})" in answer.text
     assert "613.7" not in answer.text and "999.1" not in answer.text and UNVERIFIED in answer.text
+    assert answer.text_cites == [cited] and answer.note is None  # it cites a quoted rule: no caution
     assert answer.generated_tokens == 20 and answer.experts == turn.experts
     assert {"route", "retrieve", "assemble", "prefill", "generate", "total"} <= set(answer.timings_ms)
     data = answer.to_json()
@@ -137,6 +138,18 @@ def test_empty_generation_falls_back_to_the_quoted_passages(pipeline: AnswerPipe
     answer = pipeline.finish(turn, "  (CR 999.9)  ", prefill_ms=1.0, generate_ms=1.0, generated_tokens=3)
     assert answer.text == EMPTY_ANSWER
     assert answer.passages  # the passages still answer it
+    assert answer.note is None  # the fallback already points at the quoted passages
+
+
+@pytest.mark.slow
+def test_prose_citing_no_quoted_rule_carries_a_caution(pipeline: AnswerPipeline) -> None:
+    turn = prepare(pipeline, "Can I respond to a spell by casting an instant?")
+    answer = pipeline.finish(turn, "The answer is no.", prefill_ms=1.0, generate_ms=1.0, generated_tokens=5)
+    assert answer.text == "The answer is no."  # shown, never rewritten...
+    assert answer.text_cites == [] and answer.note == UNCITED_NOTE  # ...but flagged as unchecked
+    assert answer.to_json()["note"] == UNCITED_NOTE
+    invented = pipeline.finish(turn, "No (CR 999.1).", prefill_ms=1.0, generate_ms=1.0, generated_tokens=5)
+    assert invented.note == UNCITED_NOTE  # an invented rule number is no citation either
 
 
 @pytest.mark.slow
