@@ -87,6 +87,7 @@ async def run_bot(token: str) -> None:
         if store is not None and hasattr(store, "close"):
             await store.close()
         await engine.close()
+        conversations.close()  # after the engine: its worker writes the last turns
 
 
 def register(main: click.Group, eval_group: click.Group) -> None:
