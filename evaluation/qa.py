@@ -23,12 +23,13 @@ from pathlib import Path
 
 from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
 from engine.errors import EngineError
+from engine.grounding import allowed_rule_numbers, guard_text
 from evaluation import scoring
 from evaluation.scoring import Encoder
 from knowledge.recall import ALL, difficulty_of, gold_rules
 
 QUALITY_METRICS = ("citation_recall", "citation_precision", "entity_recall", "similarity", "keyword_f1")
-MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision")
+MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision", "prose_cites")
 PLOT_METRICS = {
     "citation recall": "citation_recall",
     "citation precision": "citation_precision",
@@ -67,6 +68,9 @@ class QuestionResult:
     keyword_recall: float | None = None
     keyword_precision: float | None = None
     keyword_f1: float | None = None
+    prose_cites: float | None = None
+    """1.0 when the answer's text itself cites a rule from its quoted passages, else 0.0 (the engine then
+    shows its caution, ``Answer.note``); the mean is the share of answers whose prose is referenced."""
     error: str | None = None
     """``ErrorType: message`` when generation failed; the quality fields then stay None."""
 
@@ -168,6 +172,9 @@ class QAReport:
             m = s.metrics[metric]
             if m.defined:
                 parts.append(f"{label} {_cell(m.mean)} over {m.defined}")
+        cites = s.metrics["prose_cites"]
+        if cites.defined and cites.mean is not None:
+            parts.append(f"prose cites a quoted rule in {cites.mean:.0%}")
         if s.latency_p50_s is not None:
             parts.append(
                 f"latency p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s, max {s.latency_max_s:.2f} s"
@@ -278,6 +285,7 @@ async def _ask(engine: Engine, request: AnswerRequest, result: QuestionResult) -
             await aclose()
     result.latency_s = time.perf_counter() - submitted
     result.answer = answer.text
+    result.prose_cites = float(bool(guard_text(answer.text, allowed_rule_numbers(answer.passages)).kept))
     result.citations = [{"id": c.id, "kind": c.kind, "release": c.release} for c in answer.citations]
     result.experts = [e.value for e in answer.experts]
     result.generated_tokens = answer.generated_tokens

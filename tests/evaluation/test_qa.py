@@ -68,7 +68,7 @@ SCRIPT = {  # question -> (answer text, cited rules and cards)
     ROWS[1]["question"]: ("No. Creature spells need flash to be cast then.", ("505.6", "702.8a")),
     ROWS[2]["question"]: ("Call a judge.", ("702.19b",)),
     ROWS[4]["question"]: (
-        "Jace, the Mind Sculptor's ability: draw three cards, put back two.",
+        "Jace, the Mind Sculptor's ability (CR 606.3): draw three cards, put back two.",
         ("606.3", "jace, the mind sculptor"),
     ),
 }
@@ -145,6 +145,8 @@ async def test_each_question_is_scored_and_none_stays_none(report: QAReport) -> 
         assert r.ttft_s is not None and 0.01 <= r.ttft_s <= r.latency_s
         assert r.generated_tokens == len(r.answer.split()) and r.tokens_per_s and r.tokens_per_s > 0
     assert failed.citation_recall is None and failed.similarity is None and failed.keyword_f1 is None
+    # Only Jace's text cites one of its quoted rules (606.3).
+    assert [r.prose_cites for r in report.results] == [0.0, 0.0, 0.0, None, 1.0]
 
 
 async def test_a_failed_question_is_kept_and_counted(report: QAReport, engine: ScriptedEngine) -> None:
@@ -194,6 +196,8 @@ async def test_json_and_markdown(report: QAReport) -> None:
     assert lines[3].split(" | ")[:4] == ["| edge_cases", "2", "–", "–"]
     assert lines[-1].startswith("| **all** | 5 | 0.67 | 0.83 |")
     assert "5 questions; 1 errors; citation recall 0.67 over 3" in report.totals_line()
+    assert "prose cites a quoted rule in 25%" in report.totals_line()
+    assert data["summary"]["prose_cites"] == {"mean": 0.25, "defined": 4}
 
 
 async def test_requests_run_one_at_a_time_with_the_options(fake_data: FakeData, encode) -> None:
