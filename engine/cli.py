@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from engine.api import Answer, AnswerRequest, Expert, TokenDelta
+from hexcore.imports import keep_bitsandbytes_out
 
 if TYPE_CHECKING:
     from engine.local import LocalEngine
@@ -61,11 +62,9 @@ def _engine(settings: Settings, quiet: bool) -> LocalEngine:
 
 
 def _skip_bitsandbytes(settings: Settings) -> None:
-    """Keep bitsandbytes out of a process that will not quantize with it: peft imports it eagerly when it
-    is installed (~0.9 s of a ~10 s ``hexcore ask``), and transformers then reports it unavailable."""
-    if (settings.engine.quantization or "") in ("4bit", "8bit") or "bitsandbytes" in sys.modules:
-        return
-    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # import -> ImportError, find_spec -> None
+    """Keep bitsandbytes out unless the engine quantizes with it (``HEXCORE_ENGINE_QUANTIZATION=4bit/8bit``)."""
+    if (settings.engine.quantization or "") not in ("4bit", "8bit"):
+        keep_bitsandbytes_out()
 
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hexcore.imports import keep_bitsandbytes_out
+
 UNBUDGETED_MS = 1e9
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ def _load(lazy: bool, progress: bool = False, unbudgeted: bool = False) -> Knowl
     evaluation wants every stage (the bot's budget would skip the vector stage on a slow first query)."""
     from knowledge.base import KnowledgeBase
 
+    keep_bitsandbytes_out()  # the embedder pulls in peft, and peft bitsandbytes: nothing here quantizes
     settings = _settings()
     if unbudgeted:
         knowledge = settings.knowledge.model_copy(update={"retrieval_budget_ms": UNBUDGETED_MS})
@@ -155,6 +158,7 @@ def index_build(fresh: bool, as_json: bool) -> None:
     """Rebuild the knowledge graph and the vector index from the current data (always from scratch)."""
     from knowledge.base import KnowledgeBase
 
+    keep_bitsandbytes_out()
     settings = _settings()
     with _knowledge_errors():
         try:
