@@ -96,9 +96,14 @@ def format_sources(answer: Answer) -> str:
 
 
 def format_answer(answer: Answer) -> str:
+    return answer.text + _after_text(answer)
+
+
+def _after_text(answer: Answer) -> str:
+    """What follows the answer's text: its caution, if any, the experts, and the quoted sources."""
     experts = ", ".join(e.value for e in answer.experts)
     note = f"\n\nNote: {answer.note}" if answer.note else ""
-    return f"{answer.text}{note}\n\n({experts})\n\n{format_sources(answer)}"
+    return f"{note}\n\n({experts})\n\n{format_sources(answer)}"
 
 
 async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stream: bool) -> Answer:
@@ -123,9 +128,7 @@ async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stre
             pass  # the final text was cut (a loop at the end): what is on screen already holds it
         elif core.rstrip() != answer.text:
             out.write(("\n" if written else "") + answer.text)
-        experts = ", ".join(e.value for e in answer.experts)
-        note = f"\n\nNote: {answer.note}" if answer.note else ""
-        out.write(f"{note}\n\n({experts})\n\n{format_sources(answer)}\n")
+        out.write(_after_text(answer) + "\n")
         out.flush()
     return answer
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
 from engine.errors import EngineError
-from engine.grounding import allowed_rule_numbers, guard_text
 from evaluation import scoring
 from evaluation.scoring import Encoder
 from knowledge.recall import ALL, difficulty_of, gold_rules
@@ -285,7 +284,7 @@ async def _ask(engine: Engine, request: AnswerRequest, result: QuestionResult) -
             await aclose()
     result.latency_s = time.perf_counter() - submitted
     result.answer = answer.text
-    result.prose_cites = float(bool(guard_text(answer.text, allowed_rule_numbers(answer.passages)).kept))
+    result.prose_cites = float(bool(answer.text_cites))
     result.citations = [{"id": c.id, "kind": c.kind, "release": c.release} for c in answer.citations]
     result.experts = [e.value for e in answer.experts]
     result.generated_tokens = answer.generated_tokens

@@ -55,18 +55,23 @@ def real_engine_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def real_engine_settings(real_engine_state_dir: Path, data_dir: Path) -> Callable[..., Settings]:
-    """Settings for a real engine on the shared state dir: ``make(context_tokens=300, engine=..., bot=...)``.
+    """Settings for a real engine: ``make(context_tokens=300, engine=..., state_dir=..., bot=...)``; the state
+    dir defaults to the shared one.
 
     The small context budget keeps prompts (and so each test's prefill) short on 2 cores.
     """
 
     def make(
-        *, context_tokens: int = 300, engine: EngineSettings | None = None, **sections: object
+        *,
+        context_tokens: int = 300,
+        engine: EngineSettings | None = None,
+        state_dir: Path | None = None,
+        **sections: object,
     ) -> Settings:
         return Settings(
             paths=PathSettings(
                 data_dir=data_dir,
-                state_dir=real_engine_state_dir,
+                state_dir=state_dir or real_engine_state_dir,
                 rules_release=REAL_ENGINE_RELEASE,
                 model_cache=PathSettings().model_cache_dir,
             ),

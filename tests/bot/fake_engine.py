@@ -24,6 +24,7 @@ from rapidfuzz import process
 
 from engine.api import Answer, AnswerRequest, EngineStatus, Event, Expert, TokenDelta
 from engine.errors import EngineError, EngineOverloaded, GenerationError
+from engine.grounding import allowed_rule_numbers, guard_text
 from knowledge.cards import card_from_scryfall
 from knowledge.errors import UnknownCard, UnknownRule
 from knowledge.models import Card, Citation, Passage, Rule, RulesDocument
@@ -175,6 +176,7 @@ class FakeEngine:
                 session_id=request.session_id,
                 timings_ms={"total": 1.0},
                 generated_tokens=len(text.split()),
+                text_cites=guard_text(text, allowed_rule_numbers(passages)).kept,  # as pipeline.finish does
             )
             finished = True
             self.completed.append(request)

@@ -23,7 +23,7 @@ from engine.conversations import ConversationStore
 from engine.errors import AdapterError, EngineOverloaded, GenerationError, InvalidRequest
 from engine.local import LocalEngine
 from engine.pipeline import EMPTY_ANSWER, RequestRecord
-from hexcore.settings import EngineSettings, KnowledgeSettings, PathSettings, Settings
+from hexcore.settings import EngineSettings, Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
 
@@ -31,26 +31,20 @@ RELEASE = "2026-01-16"
 QUEUE = 4
 
 
-def real_settings(state: Path, data_dir: Path, **engine: object) -> Settings:
-    # quantization "none": these tests compare answers bit for bit (a reused KV session against recomputing
-    # it); int4 decode steps and bf16 prefill round differently, so they hold exactly only in one dtype.
-    values: dict[str, object] = {
-        "max_new_tokens": 24,
-        "queue_size": QUEUE,
-        "batch_size": 4,
-        "quantization": "none",
-    }
-    values.update(engine)
-    return Settings(
-        paths=PathSettings(
-            data_dir=data_dir,
-            state_dir=state,
-            rules_release=RELEASE,
-            model_cache=PathSettings().model_cache_dir,
-        ),
-        knowledge=KnowledgeSettings(context_tokens=300),
-        engine=EngineSettings(**values),
-    )
+@pytest.fixture(scope="module")
+def local_settings(real_engine_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """This module's settings on the shared state dir or on ``state``: 24 new tokens, a queue of ``QUEUE``,
+    batches of 4.
+
+    Quantization "none": these tests compare answers bit for bit (a reused KV session against recomputing
+    it); int4 decode steps and bf16 prefill round differently, so they hold exactly only in one dtype.
+    """
+
+    def make(state: Path | None = None) -> Settings:
+        engine = EngineSettings(max_new_tokens=24, queue_size=QUEUE, batch_size=4, quantization="none")
+        return real_engine_settings(engine=engine, state_dir=state)
+
+    return make
 
 
 class Hook:
@@ -70,18 +64,13 @@ class Hook:
 
 
 @pytest.fixture(scope="module")
-def state_dir(real_engine_state_dir: Path) -> Path:
-    return real_engine_state_dir
-
-
-@pytest.fixture(scope="module")
 def hook() -> Hook:
     return Hook()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(state_dir: Path, data_dir: Path, hook: Hook) -> AsyncIterator[LocalEngine]:
-    eng = LocalEngine(real_settings(state_dir, data_dir), before_generate=hook, restart_backoff=(0.05, 1.0))
+async def engine(local_settings: Callable[..., Settings], hook: Hook) -> AsyncIterator[LocalEngine]:
+    eng = LocalEngine(local_settings(), before_generate=hook, restart_backoff=(0.05, 1.0))
     await eng.start()
     try:
         yield eng
@@ -366,7 +355,7 @@ async def test_warm_up_answers_frequent_questions(engine: LocalEngine) -> None:
 
 
 async def test_a_thread_continues_after_a_restart_from_its_stored_conversation(
-    engine: LocalEngine, state_dir: Path, data_dir: Path, tmp_path: Path
+    engine: LocalEngine, local_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     """The bot keeps conversations in a file: a new process answers a follow-up with the whole history."""
     path = tmp_path / "conversations.sqlite3"
@@ -376,7 +365,7 @@ async def test_a_thread_continues_after_a_restart_from_its_stored_conversation(
     async def one_process(request: AnswerRequest) -> tuple[RequestRecord, list[dict[str, str]]]:
         """Start an engine on the conversation file, answer, stop: KV caches and the worker go, the file stays."""
         process = LocalEngine(
-            real_settings(state_dir, data_dir),
+            local_settings(),
             knowledge=engine.knowledge,
             conversations=ConversationStore(10, 3600, path),
         )
@@ -400,12 +389,15 @@ async def test_a_thread_continues_after_a_restart_from_its_stored_conversation(
 
 
 async def test_a_corrupt_adapter_disables_only_its_expert(
-    engine: LocalEngine, state_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    engine: LocalEngine,
+    real_engine_state_dir: Path,
+    local_settings: Callable[..., Settings],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     state = tmp_path_factory.mktemp("corrupt-adapter")
-    shutil.copytree(state_dir / "adapters", state / "adapters")
+    shutil.copytree(real_engine_state_dir / "adapters", state / "adapters")
     (state / "adapters" / "teach" / "v0" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    other = LocalEngine(real_settings(state, data_dir), knowledge=engine.knowledge)
+    other = LocalEngine(local_settings(state), knowledge=engine.knowledge)
     await other.start()
     try:
         assert "teach" not in other.status().adapters and "explain" in other.status().adapters
