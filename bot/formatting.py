@@ -15,6 +15,7 @@ import discord
 from bot import limits
 from engine.api import Answer
 from knowledge.errors import UnknownCard, UnknownRule
+from knowledge.lead import Lead
 from knowledge.models import Card, Passage, Rule
 
 FENCE = "```"
@@ -181,8 +182,47 @@ def citation_heading(passage: Passage) -> str:
 # ------------------------------------------------------------------------------------------- answers
 
 
+CHECKING = "*Writing an explanation to check against the quoted rules…*"
+
+
+def lead_block(lead: Lead) -> str:
+    """The deciding rule for an embed: its label, then its text verbatim with the answering sentence in bold.
+
+    Markdown in the rule text is escaped, so the only formatting is the highlight."""
+    text, start, end = lead.passage.text, lead.start, lead.end
+    escape = discord.utils.escape_markdown
+    if (start, end) == (0, len(text)):
+        body = escape(text)
+    else:
+        body = f"{escape(text[:start])}**{escape(text[start:end])}**{escape(text[end:])}"
+    return f"**{citation_heading(lead.passage)}**\n{body}"
+
+
+def progress_preview(lead: Lead | None, words: int) -> str:
+    """What a streaming answer shows while the model writes: the deciding rule as soon as it is found, and
+    how far the explanation (checked before it is shown) has got."""
+    progress = f"{CHECKING} ({words} words so far)" if words else CHECKING
+    if lead is None:
+        return progress
+    room = limits.STREAM_PREVIEW_CHARS - len(progress) - 2
+    return f"{truncate(neutralize_mentions(lead_block(lead)), room)}\n\n{progress}"
+
+
+def answer_body(answer: Answer) -> str:
+    """The answer's description: the deciding rule first, then the verdict, the checked prose or why there
+    is none, and any note."""
+    parts = [lead_block(answer.lead)] if answer.lead else []
+    if answer.verdict:
+        parts.append(f"**{discord.utils.escape_markdown(answer.verdict)}**")
+    parts.append(answer.text.strip() or "(no answer text)")
+    if answer.note:
+        parts.append(f"*{answer.note}*")
+    return "\n\n".join(parts)
+
+
 def answer_embeds(answer: Answer, *, title: str | None = None) -> list[discord.Embed]:
-    """The answer text, then every cited passage verbatim with its rule number and release."""
+    """The deciding rule, the answer text, then every other cited passage verbatim with its rule number and
+    release."""
     experts = ", ".join(e.value for e in answer.experts) or "router"
     releases = sorted({c.release for c in answer.citations if c.release})
     footer = f"Experts: {experts}"
@@ -190,22 +230,20 @@ def answer_embeds(answer: Answer, *, title: str | None = None) -> list[discord.E
         footer += f" · Comprehensive Rules {', '.join(releases)}"
     heading = truncate(neutralize_mentions(title or answer.question), limits.EMBED_TITLE_LIMIT)
     embeds = []
-    text = answer.text.strip() or "(no answer text)"
-    if answer.note:
-        text += f"\n\n*{answer.note}*"
-    chunks = split_text(neutralize_mentions(text), limits.EMBED_DESCRIPTION_LIMIT)
+    chunks = split_text(neutralize_mentions(answer_body(answer)), limits.EMBED_DESCRIPTION_LIMIT)
     for i, chunk in enumerate(chunks):
         head = heading if i == 0 else truncate(f"{heading} {CONTINUED}", limits.EMBED_TITLE_LIMIT)
         embed = discord.Embed(title=head, description=chunk, colour=ANSWER_COLOUR)
         if i == len(chunks) - 1:
             embed.set_footer(text=truncate(footer, limits.EMBED_FOOTER_LIMIT))
         embeds.append(embed)
-    passages = answer.passages or []
+    lead_key = answer.lead.passage.key if answer.lead else None
+    passages = [p for p in answer.passages or [] if p.key != lead_key]
     fields = [f for p in passages for f in passage_fields(citation_heading(p), p.text)]
-    if not passages and answer.citations:  # citations without text: name them at least
+    if not answer.passages and answer.citations:  # citations without text: name them at least
         fields = [(c.label(), "(text not available)") for c in answer.citations]
     if fields:
-        embeds.extend(_field_embeds("Sources", fields, SOURCE_COLOUR))
+        embeds.extend(_field_embeds("Other sources" if lead_key else "Sources", fields, SOURCE_COLOUR))
     return embeds
 
 

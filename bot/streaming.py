@@ -24,8 +24,9 @@ import discord
 from bot import formatting, limits
 from bot.errors import AnswerTimedOut, is_gone
 from bot.formatting import Page
-from engine.api import Answer, AnswerRequest, Engine, Event, TokenDelta
+from engine.api import Answer, AnswerRequest, Engine, Event, LeadFound, TokenDelta
 from engine.errors import EngineError, GenerationError, RequestCancelled
+from knowledge.lead import Lead
 
 log = logging.getLogger(__name__)
 
@@ -236,19 +237,25 @@ async def _close(events: AsyncIterator[Event]) -> None:
 
 
 async def _consume(events: AsyncIterator[Event], sink: AnswerSink, policy: StreamPolicy) -> Answer:
-    text = ""
+    """The engine's answer. A streaming reply shows the deciding rule as soon as it is found, then how far
+    the explanation has got (at most one edit per ``edit_interval_s``). The prose itself is not previewed:
+    it is shown only if it passes the support check, so nothing a user reads is taken back."""
+    lead: Lead | None = None
+    words = 0
     last_edit: float | None = None
     async for event in events:
-        if isinstance(event, TokenDelta):
-            text += event.text
-            if not policy.streaming:
-                continue
-            now = policy.clock.monotonic()
-            if last_edit is None or now - last_edit >= policy.edit_interval_s:
-                last_edit = now
-                await sink.preview(text)
-        elif isinstance(event, Answer):
+        if isinstance(event, Answer):
             return event
+        if not policy.streaming:
+            continue
+        if isinstance(event, LeadFound):
+            lead = event.lead
+        elif isinstance(event, TokenDelta):
+            words += len(event.text.split())
+        now = policy.clock.monotonic()
+        if last_edit is None or now - last_edit >= policy.edit_interval_s:
+            last_edit = now
+            await sink.preview(formatting.progress_preview(lead, words))
     raise GenerationError("the engine finished without an answer")
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
+from knowledge.lead import Lead
 from knowledge.models import Card, Citation, Passage, Rule
 
 
@@ -39,6 +40,15 @@ class AnswerRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class LeadFound:
+    """The rule that decides the question, sent as soon as retrieval found it (before any prose).
+
+    A UI shows it at once: it is what the user should read first, and it does not wait for the model."""
+
+    lead: Lead
+
+
+@dataclass(frozen=True, slots=True)
 class TokenDelta:
     """A piece of generated text, streamed as it is produced."""
 
@@ -62,13 +72,27 @@ class Answer:
     text_cites: list[str] = field(default_factory=list)
     """Rule numbers the text itself cites, each backed by a quoted passage (the grounding guard's check)."""
     note: str | None = None
-    """A caution every UI shows with the text: set when the text cites none of the quoted rules."""
+    """A plain line every UI shows with the answer (why no prose is shown, or that nothing relevant was found)."""
+    lead: Lead | None = None
+    """The rule or ruling that decides the question, with its answering sentence: what every UI shows first."""
+    prose_shown: bool = False
+    """Whether ``text`` is generated prose that passed the support check (``engine.support``)."""
+    draft: str | None = None
+    """Generated prose that failed the support check: kept for evaluation and logs, never shown."""
+    support: str | None = None
+    """The support check's verdict on the prose ("supported", or why it is not shown)."""
+    verdict: str | None = None
+    """The rules calculator's one-line answer to a board-state question (None when it did not answer)."""
 
     def to_json(self) -> dict:
         return {
             "question": self.question,
             "experts": [e.value for e in self.experts],
+            "lead": self.lead.to_json() if self.lead else None,
+            "verdict": self.verdict,
             "text": self.text,
+            "prose_shown": self.prose_shown,
+            "support": self.support,
             "text_cites": self.text_cites,
             "note": self.note,
             "citations": [
@@ -79,7 +103,7 @@ class Answer:
         }
 
 
-Event = TokenDelta | Answer
+Event = LeadFound | TokenDelta | Answer
 
 
 @dataclass(slots=True)
@@ -105,7 +129,8 @@ class Engine(Protocol):
     async def close(self) -> None: ...
 
     def generate(self, request: AnswerRequest) -> AsyncIterator[Event]:
-        """Yield ``TokenDelta``s, then exactly one ``Answer``. Raises ``engine.errors`` types.
+        """Yield at most one ``LeadFound`` first, then ``TokenDelta``s (the unchecked prose as it is generated),
+        then exactly one ``Answer``. Raises ``engine.errors`` types.
 
         Cancelling the consuming task (or closing the iterator) aborts the request in the engine.
         """

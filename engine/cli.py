@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from engine.api import Answer, AnswerRequest, Expert, TokenDelta
+from engine.api import Answer, AnswerRequest, Expert, LeadFound
 from hexcore.imports import keep_bitsandbytes_out
 
 if TYPE_CHECKING:
     from engine.local import LocalEngine
     from hexcore.settings import Settings
+    from knowledge.lead import Lead
+    from knowledge.models import Passage
 
 EXPERT_CHOICE = click.Choice([e.value for e in Expert], case_sensitive=False)
 CHAT_HELP = "Ask a question. /new starts a new conversation, /quit leaves."
@@ -82,53 +84,70 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------- output
 
 
-def format_sources(answer: Answer) -> str:
-    """Each cited passage verbatim under its label, in citation order."""
+def _label(passage: Passage) -> str:
     from knowledge.context import citation_label
 
-    blocks = []
-    for passage in answer.passages:
-        label = citation_label(passage)
-        if passage.title and passage.citation.kind == "rule" and passage.title != passage.citation.id:
-            label = f"{label} | {passage.title}"
-        blocks.append(f"[{label}]\n{passage.text}")
-    return "Sources:\n\n" + "\n\n".join(blocks) if blocks else "Sources: none found."
+    label = citation_label(passage)
+    if passage.title and passage.citation.kind == "rule" and passage.title != passage.citation.id:
+        label = f"{label} | {passage.title}"
+    return label
 
 
-def format_answer(answer: Answer) -> str:
-    return answer.text + _after_text(answer)
+def format_lead(lead: Lead, bold: bool = False) -> str:
+    """The deciding rule verbatim under its label, its answering sentence marked (bold on a terminal)."""
+    text, start, end = lead.passage.text, lead.start, lead.end
+    mark = click.style(text[start:end], bold=True) if bold else f">>{text[start:end]}<<"
+    return f"[{_label(lead.passage)}]\n{text[:start]}{mark}{text[end:]}"
 
 
-def _after_text(answer: Answer) -> str:
-    """What follows the answer's text: its caution, if any, the experts, and the quoted sources."""
-    experts = ", ".join(e.value for e in answer.experts)
-    note = f"\n\nNote: {answer.note}" if answer.note else ""
-    return f"{note}\n\n({experts})\n\n{format_sources(answer)}"
+def format_sources(answer: Answer) -> str:
+    """Each cited passage but the lead verbatim under its label, in citation order."""
+    lead_key = answer.lead.passage.key if answer.lead else None
+    blocks = [f"[{_label(p)}]\n{p.text}" for p in answer.passages if p.key != lead_key]
+    heading = "Other sources" if lead_key else "Sources"
+    return f"{heading}:\n\n" + "\n\n".join(blocks) if blocks else ""
+
+
+def format_body(answer: Answer) -> str:
+    """What follows the lead: the verdict, the prose (or why none is shown), the experts, other sources."""
+    parts = [answer.verdict] if answer.verdict else []
+    parts.append(answer.text)
+    if answer.note:
+        parts.append(f"Note: {answer.note}")
+    if answer.experts and answer.passages:
+        parts.append(f"({', '.join(e.value for e in answer.experts)})")
+    sources = format_sources(answer)
+    if sources:
+        parts.append(sources)
+    return "\n\n".join(parts)
+
+
+def format_answer(answer: Answer, bold: bool = False) -> str:
+    """The whole answer as text: the deciding rule first, then the rest (``format_body``)."""
+    lead = f"{format_lead(answer.lead, bold)}\n\n" if answer.lead else ""
+    return lead + format_body(answer)
 
 
 async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stream: bool) -> Answer:
-    """Generate one answer; with ``stream`` the text is written to ``out`` as it arrives."""
+    """Generate one answer; with ``stream`` the deciding rule is written to ``out`` as soon as it is found.
+
+    The prose is not streamed: it is shown only once it passed the support check, so nothing a user reads
+    is taken back.
+    """
     answer: Answer | None = None
-    written = ""
+    lead_shown = False
     async for event in engine.generate(request):
-        if isinstance(event, TokenDelta):
+        if isinstance(event, LeadFound):
             if stream:
-                out.write(event.text)
+                out.write(format_lead(event.lead, bold=out.isatty()) + "\n\n")
                 out.flush()
-                written += event.text
-        else:
+                lead_shown = True
+        elif isinstance(event, Answer):
             answer = event
     assert answer is not None  # generate always ends with an Answer or raises
     if stream:
-        # The stream is the guarded text as generated; the final text is stripped, or a fallback when empty.
-        core = written.lstrip()
-        if answer.text.startswith(core):
-            out.write(answer.text[len(core) :])
-        elif core.startswith(answer.text):
-            pass  # the final text was cut (a loop at the end): what is on screen already holds it
-        elif core.rstrip() != answer.text:
-            out.write(("\n" if written else "") + answer.text)
-        out.write(_after_text(answer) + "\n")
+        body = format_body(answer) if lead_shown else format_answer(answer, bold=out.isatty())
+        out.write(body + "\n")
         out.flush()
     return answer
 
@@ -186,7 +205,7 @@ def ask_command(
     if as_json:
         click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
     elif not streaming:
-        click.echo(format_answer(answer))
+        click.echo(format_answer(answer, bold=sys.stdout.isatty()))
 
 
 # ---------------------------------------------------------------------------------------------- chat
@@ -256,7 +275,7 @@ async def _chat(
                 click.echo(f"error: {exc}", err=True)
                 continue
             if not streaming:
-                click.echo(format_answer(answer))
+                click.echo(format_answer(answer, bold=sys.stdout.isatty()))
             out.write("\n")
     finally:
         await engine.close()

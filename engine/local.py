@@ -265,6 +265,7 @@ class LocalEngine:
                 self._router,
                 load_embedded_tokenizer(settings.paths),
                 context_tokens=settings.knowledge.context_tokens,
+                open_with_lead=False,  # the server applies its own chat template: no assistant prefix
             )
             self._runner = RemoteRunner(remote_pipeline, backend, self.conversations, on_record=self._record)
             return self._runner

@@ -28,18 +28,23 @@ from typing import TYPE_CHECKING, Any
 from engine.api import Answer, AnswerRequest, Expert
 from engine.errors import AdapterError, InvalidRequest
 from engine.grounding import allowed_rule_numbers, guard_text
+from engine.language import check_english
 from engine.prompts import (
     QUESTION_HEADER,
     Message,
+    answer_opening,
     build_messages,
     encode_messages,
     trim_history,
 )
+from engine.support import check_support
 
 if TYPE_CHECKING:
     from engine.router import Router
     from knowledge.base import KnowledgeBase
     from knowledge.context import AssembledContext
+    from knowledge.lead import Lead, LeadSelector
+    from knowledge.models import RetrievalResult
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,17 @@ FOLLOW_UP_WORDS = 8
 """A question this short in a conversation ("and with deathtouch?") is retrieved with the previous one."""
 EMPTY_ANSWER = "The quoted rules and cards below answer this; read them for the details."
 UNCITED_NOTE = "This summary cites no rule, so it may be wrong: the quoted rules below are the answer."
+NO_PROSE = "The rule quoted first decides this. No explanation could be checked against it, so none is shown."
+NOT_FOUND = (
+    "I found no rule or card text that answers this. If you know the rule or the card, "
+    "look it up with /rule (e.g. /rule 702.19b) or /card."
+)
+RELEVANCE_THRESHOLD = 0.18
+"""Least cosine between the question and the lead's best sentence for the answer to quote anything.
+
+Calibrated on questions built from the rules (each CR example's situation, which the rules answer) against
+off-topic questions (training/data/offtopic_questions.txt): see training.relevance_calibration and
+docs/BENCHMARKS.md. Never on the evaluation question sets."""
 
 
 def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> AnswerRequest:
@@ -64,6 +80,7 @@ def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> Ans
     question = (request.question or "").strip()
     if not question:
         raise InvalidRequest("Please ask a question.")
+    check_english(question)
     if len(question) > MAX_QUESTION_CHARS:
         raise InvalidRequest(
             f"That question is too long ({len(question)} characters; the limit is {MAX_QUESTION_CHARS})."
@@ -118,6 +135,15 @@ class Turn:
     submitted_at: float
     """``time.perf_counter()`` when the request was admitted."""
     timings_ms: dict[str, float] = field(default_factory=dict)
+    lead: Lead | None = None
+    """The rule or ruling that decides the question (shown first); None when nothing relevant was found."""
+    opening: str = ""
+    """The start of the answer, written for the model (it continues from it): it names the lead rule."""
+
+    @property
+    def answerable(self) -> bool:
+        """False when no retrieved rule is about the question: the answer says so without generating."""
+        return self.lead is not None
 
     @property
     def passages(self) -> list[Any]:
@@ -136,6 +162,9 @@ class AnswerPipeline:
         context_tokens: int,
         retrieve_k: int = RETRIEVE_K,
         history_chars: int = HISTORY_CHARS,
+        lead_selector: LeadSelector | None = None,
+        relevance_threshold: float = RELEVANCE_THRESHOLD,
+        open_with_lead: bool = True,
     ) -> None:
         self.knowledge = knowledge
         self.router = router
@@ -143,6 +172,27 @@ class AnswerPipeline:
         self.context_tokens = context_tokens
         self.retrieve_k = retrieve_k
         self.history_chars = history_chars
+        self._lead_selector = lead_selector
+        self.relevance_threshold = relevance_threshold
+        self.open_with_lead = open_with_lead
+        """Start the model's answer with the lead rule's number (a server with its own template: off)."""
+
+    @property
+    def lead_selector(self) -> LeadSelector:
+        if self._lead_selector is None:
+            from knowledge.embeddings import get_embedder
+            from knowledge.lead import LeadSelector
+
+            embedder = get_embedder(self.knowledge.settings.knowledge.embedding_model)
+            self._lead_selector = LeadSelector(embedder.encode)
+        return self._lead_selector
+
+    def find_lead(self, question: str, results: Sequence[RetrievalResult]) -> Lead | None:
+        """The deciding rule among ``results``, or None when none is relevant enough to quote."""
+        lead = self.lead_selector.select(question, results)
+        if lead is None or lead.score < self.relevance_threshold:
+            return None
+        return lead
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -205,12 +255,23 @@ class AnswerPipeline:
         clock = time.perf_counter()
 
         history = trim_history(history, self.history_chars)
-        results = self.knowledge.search(self.retrieval_query(request.question, history), k=self.retrieve_k)
+        query = self.retrieval_query(request.question, history)
+        results = self.knowledge.search(query, k=self.retrieve_k)
         clock = _lap(timings, "retrieve", clock)
+
+        lead = self.find_lead(query, results)
+        clock = _lap(timings, "lead", clock)
+        if lead is None:
+            results = []  # nothing is about the question: quote nothing rather than unrelated rules
+        else:  # the deciding rule goes first in the prompt, as in the answer
+            results = sorted(results, key=lambda r: r.passage.key != lead.passage.key)
 
         context = self.knowledge.assemble(results, self.context_tokens, self.count_tokens)
         messages = build_messages(experts, request.question, context.text, history)
         input_ids = encode_messages(self.tokenizer, messages)
+        opening = answer_opening(lead.passage) if lead is not None and self.open_with_lead else ""
+        if opening:
+            input_ids += self.tokenizer(opening, add_special_tokens=False)["input_ids"]
         _lap(timings, "assemble", clock)
 
         return Turn(
@@ -225,6 +286,8 @@ class AnswerPipeline:
             allowed_rules=allowed_rule_numbers(context.passages),
             submitted_at=submitted_at,
             timings_ms=timings,
+            lead=lead,
+            opening=opening,
         )
 
     def finish(
@@ -236,27 +299,37 @@ class AnswerPipeline:
         generate_ms: float,
         generated_tokens: int,
     ) -> Answer:
-        """The final answer: guarded text, citations and passages exactly as placed in the prompt, timings."""
-        report = guard_text(text, turn.allowed_rules)
+        """The final answer: the lead, the prose when it passes the support check, the quoted passages.
+
+        ``text`` is what the model generated after the turn's opening."""
+        report = guard_text(turn.opening + text, turn.allowed_rules)
         guarded = report.text.strip()
         timings = dict(turn.timings_ms)
         timings["prefill"] = prefill_ms
         timings["generate"] = generate_ms
-        timings["total"] = (time.perf_counter() - turn.submitted_at) * 1000
         passages = list(turn.context.passages)
-        return Answer(
+        answer = Answer(
             question=turn.request.question,
             experts=list(turn.experts),
-            text=guarded or EMPTY_ANSWER,
+            text=NOT_FOUND,
             citations=[p.citation for p in passages],
             passages=passages,
             session_id=turn.request.session_id,
-            timings_ms={k: round(v, 2) for k, v in timings.items()},
             generated_tokens=generated_tokens,
             text_cites=report.kept,
-            # Prose that cites none of the quoted rules is the small model's unchecked summary: say so.
-            note=UNCITED_NOTE if guarded and not report.kept and passages else None,
+            lead=turn.lead,
         )
+        if turn.lead is not None:
+            support = check_support(guarded, [p.text for p in passages], turn.request.question, report.kept)
+            answer.support = support.reason
+            answer.prose_shown = support.shown
+            if support.shown:
+                answer.text = guarded
+            else:
+                answer.text, answer.draft = NO_PROSE, guarded or None
+        timings["total"] = (time.perf_counter() - turn.submitted_at) * 1000
+        answer.timings_ms = {k: round(v, 2) for k, v in timings.items()}
+        return answer
 
 
 def _lap(timings: dict[str, float], stage: str, since: float) -> float:

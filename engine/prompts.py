@@ -95,6 +95,21 @@ def build_messages(
     ]
 
 
+ANSWER_OPENING = "Rule {number} says that"
+"""How an answer starts when its lead is a rule: the model continues by restating and applying it."""
+RULING_OPENING = "The ruling on {card} says that"
+
+
+def answer_opening(passage: Any) -> str:
+    """The opening the model continues from: it names the passage that decides the question."""
+    citation = passage.citation
+    if citation.kind == "rule":
+        return ANSWER_OPENING.format(number=citation.id)
+    if citation.kind == "ruling":
+        return RULING_OPENING.format(card=citation.id)
+    return ""
+
+
 def next_history(messages: Sequence[Message], answer: str) -> list[Message]:
     """The history for the next turn: this turn's messages (without the system prompt) plus the answer."""
     return [dict(m) for m in messages if m["role"] != "system"] + [{"role": "assistant", "content": answer}]

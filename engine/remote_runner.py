@@ -14,7 +14,7 @@ import logging
 import time
 from typing import Any
 
-from engine.api import Expert, TokenDelta
+from engine.api import Expert, LeadFound, TokenDelta
 from engine.backends import BackendCall, GenerationBackend, run_calls
 from engine.errors import EngineError, GenerationError, RequestCancelled
 from engine.grounding import StreamGuard
@@ -76,6 +76,12 @@ class RemoteRunner:
             except KnowledgeError as exc:
                 item.fail(GenerationError(f"retrieval failed: {exc}"))
                 continue
+            if turn.lead is None:  # nothing relevant was found: say so at once, without generating
+                item.finish(
+                    self.pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
+                )
+                continue
+            item.emit(LeadFound(turn.lead))
             prepared.append((item, turn))
         if not prepared:
             return
@@ -122,7 +128,9 @@ class RemoteRunner:
             generated_tokens=outcome.deltas,
         )
         if turn.request.session_id is not None:
-            self.conversations.put(turn.request.session_id, next_history(turn.messages, outcome.text))
+            self.conversations.put(
+                turn.request.session_id, next_history(turn.messages, turn.opening + outcome.text)
+            )
         if self.on_record is not None:
             self.on_record(_record(turn, answer))
         item.finish(answer)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.api import AnswerRequest, Expert, TokenDelta
+from engine.api import AnswerRequest, Expert, LeadFound, TokenDelta
 from engine.errors import AdapterError, EngineError, GenerationError, RequestCancelled
 from engine.grounding import StreamGuard
 from engine.pipeline import AnswerPipeline, RequestRecord, Turn
@@ -143,6 +143,18 @@ class BatchRunner:
             error.__cause__ = exc
             item.fail(error)
             return None
+        if turn.lead is None:  # nothing relevant was found: say so at once, without generating
+            self._settle(
+                item,
+                turn,
+                StreamGuard(turn.allowed_rules),
+                "",
+                prefill_ms=0.0,
+                generate_ms=0.0,
+                record=_record_without_generation(turn),
+            )
+            return None
+        item.emit(LeadFound(turn.lead))
         return item, turn, adapters
 
     def _prepare(self, payload: Any) -> tuple[Turn, list[Expert | None]]:
@@ -401,7 +413,9 @@ class BatchRunner:
             if turn.request.session_id is not None:
                 # The raw text, not the guarded one: the next prompt must repeat exactly what was generated
                 # for the KV-cache session to match it token for token.
-                self.conversations.put(turn.request.session_id, next_history(turn.messages, text))
+                self.conversations.put(
+                    turn.request.session_id, next_history(turn.messages, turn.opening + text)
+                )
             if self.on_record is not None:
                 self.on_record(
                     RequestRecord(
@@ -415,3 +429,16 @@ class BatchRunner:
         except Exception as exc:  # never leave the consumer waiting on a bug here
             log.exception("building the answer failed")
             item.fail(GenerationError(f"building the answer failed: {type(exc).__name__}: {exc}"))
+
+
+def _record_without_generation(turn: Turn) -> dict[str, Any]:
+    """The request record of an answer settled without generating (nothing relevant to quote)."""
+    return {
+        "adapters": [],
+        "fused": False,
+        "prompt_tokens": 0,
+        "reused_tokens": 0,
+        "new_tokens": 0,
+        "batch_size": 0,
+        "finish_reason": "not_found",
+    }

@@ -1,6 +1,6 @@
 """An ``engine.api.Engine`` for tests about the bot alone: real rules and card data, no model.
 
-It keeps the protocol's promises: ``generate`` yields ``TokenDelta``s then exactly one ``Answer`` whose
+It keeps the protocol's promises: ``generate`` yields a ``LeadFound`` (when a rule is cited), ``TokenDelta``s, then exactly one ``Answer`` whose
 citations and passages are real (parsed from the shared rules release and Scryfall card fixtures);
 closing the iterator or cancelling its consumer aborts the request (recorded in ``cancelled``);
 ``EngineOverloaded`` is raised at once. Knobs: ``delay_s`` (real delay before the first token),
@@ -22,11 +22,12 @@ from pathlib import Path
 
 from rapidfuzz import process
 
-from engine.api import Answer, AnswerRequest, EngineStatus, Event, Expert, TokenDelta
+from engine.api import Answer, AnswerRequest, EngineStatus, Event, Expert, LeadFound, TokenDelta
 from engine.errors import EngineError, EngineOverloaded, GenerationError
 from engine.grounding import allowed_rule_numbers, guard_text
 from knowledge.cards import card_from_scryfall
 from knowledge.errors import UnknownCard, UnknownRule
+from knowledge.lead import Lead, is_lead_candidate
 from knowledge.models import Card, Citation, Passage, Rule, RulesDocument
 from knowledge.rules import load_release, rule_sort_key
 
@@ -155,6 +156,10 @@ class FakeEngine:
             if self.gate is not None:
                 await self.gate.wait()
             text = self._text(request)
+            passages = self.passages(request)
+            lead = next((Lead(p, 0, len(p.text), 1.0) for p in passages if is_lead_candidate(p)), None)
+            if lead is not None:  # as the engine does: the deciding rule before any prose
+                yield LeadFound(lead)
             for i, piece in enumerate(self._pieces(text)):
                 if self.fail_after_tokens is not None and i >= self.fail_after_tokens:
                     raise self.fail_with or GenerationError("fake failure")
@@ -165,7 +170,6 @@ class FakeEngine:
                 self.first_token.set()
                 yield TokenDelta(piece)
                 await asyncio.sleep(0)
-            passages = self.passages(request)
             experts = list(request.experts) if request.experts else [Expert.REASON]
             answer = Answer(
                 question=request.question,
@@ -177,6 +181,9 @@ class FakeEngine:
                 timings_ms={"total": 1.0},
                 generated_tokens=len(text.split()),
                 text_cites=guard_text(text, allowed_rule_numbers(passages)).kept,  # as pipeline.finish does
+                lead=lead,
+                prose_shown=True,
+                support="supported",
             )
             finished = True
             self.completed.append(request)

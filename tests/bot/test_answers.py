@@ -25,7 +25,7 @@ async def test_ask_defers_first_then_answers_by_edit(harness, engine):
     text = answer.text()
     assert "Trample lets the attacker" in text
     rule = engine.data.rules.rules["702.19b"]
-    assert rule.text in "".join(f["value"] for e in answer.embeds for f in e.get("fields", []))
+    assert rule.text in answer.embeds[0]["description"].replace("**", "")  # the deciding rule leads
     assert "CR 702.19b (2026-01-16)" in text and "Experts: reason" in text
     assert answer.custom_ids() == [views.THREAD_ID, views.HELPFUL_ID, views.UNHELPFUL_ID]
     assert harness.errors.records == []

@@ -62,10 +62,14 @@ async def test_explain_answers_with_real_citations(harness: DiscordHarness, real
     assert "Experts: explain" in text
     cited = re.findall(rf"CR (702\.19[a-z]?) \({RELEASE}\)", text)
     assert cited, text
-    fields = "".join(f["value"] for e in message.embeds for f in e.get("fields", []))
+    # The deciding rule leads the description (its answering sentence in bold); the others are fields.
+    shown = "".join(
+        [e.get("description", "").replace("**", "") for e in message.embeds]
+        + [f["value"] for e in message.embeds for f in e.get("fields", [])]
+    )
     assert real_engine.records[-1].experts == ["explain"]
     for number in cited:  # the cited rule, verbatim, as the real rules text prints it
-        assert real_engine.rule(number)[0].text in fields
+        assert real_engine.rule(number)[0].text in shown
     assert harness.errors.records == []
 
 

@@ -47,13 +47,24 @@ def policy(clock, *, streaming: bool = True, interval: float = 1.0, timeout: flo
 
 @pytest.mark.parametrize(("step", "expected"), [(0.1, 3), (0.5, 15), (1.0, 30), (2.0, 30)])
 async def test_previews_at_most_once_per_interval(engine, clock, step, expected):
-    engine.answer_text = " ".join(str(i) for i in range(30))
+    engine.answer_text = " ".join(f"w{i}" for i in range(30))
     engine.token_step_s = step
     sink = RecordingSink()
     outcome = await run_answer(engine, REQUEST, sink, policy(clock))
     assert outcome.status == "answered" and outcome.answer.text == engine.answer_text
-    assert len(sink.previews) == expected
-    assert sink.delivered and sink.delivered[0].embeds[0].description == engine.answer_text
+    assert len(sink.previews) == expected + 1  # the deciding rule at once, then the progress edits
+    description = sink.delivered[0].embeds[0].description
+    assert description.startswith(f"**CR {outcome.answer.lead.passage.citation.id} ")  # the lead comes first
+    assert engine.answer_text in description
+
+
+async def test_previews_show_the_lead_at_once_and_never_the_unchecked_prose(engine, clock):
+    engine.answer_text = "Unchecked prose that might be wrong."
+    engine.token_step_s = 1.0
+    sink = RecordingSink()
+    await run_answer(engine, REQUEST, sink, policy(clock))
+    assert sink.delivered and "**CR " in sink.previews[0] and "Writing an explanation" in sink.previews[0]
+    assert all("Unchecked" not in preview and "might be wrong" not in preview for preview in sink.previews)
 
 
 async def test_non_streaming_sends_only_the_final_answer(engine, clock):
