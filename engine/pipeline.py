@@ -57,8 +57,6 @@ MAX_QUESTION_CHARS = 2000
 MAX_NEW_TOKENS = 4096
 FOLLOW_UP_WORDS = 8
 """A question this short in a conversation ("and with deathtouch?") is retrieved with the previous one."""
-EMPTY_ANSWER = "The quoted rules and cards below answer this; read them for the details."
-UNCITED_NOTE = "This summary cites no rule, so it may be wrong: the quoted rules below are the answer."
 NO_PROSE = "The rule quoted first decides this. No explanation could be checked against it, so none is shown."
 NOT_FOUND = (
     "I found no rule or card text that answers this. If you know the rule or the card, "

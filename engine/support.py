@@ -43,7 +43,9 @@ _NUMBER_WORDS = {
     "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
     "seven": "7", "eight": "8", "nine": "9", "ten": "10", "twice": "2", "half": "half",
 }  # fmt: skip
-_NUMBER = re.compile(r"(?<![\w.])[+-]?\d+(?:/[+-]?\d+)?(?![\w.])")
+# Words of a bare verdict ("Yes, that's right.", "The answer is no."), stemmed: they claim without content.
+_VERDICT_WORDS = frozenset({"answer", "yes", "no", "correct", "incorrect", "right", "wrong", "true", "fals"})
+_NUMBER = re.compile(r"(?<![\w.])[+-]?\d+(?:/[+-]?\d+)?(?!\w|\.\d)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=\S)")
 # The opening the answer was started with ("Rule 702.19b says that"): the rule's name, not a claim.
 _OPENING = re.compile(
@@ -70,7 +72,7 @@ def content_words(text: str) -> set[str]:
 def numbers_in(text: str) -> set[str]:
     """Numbers a sentence states ("3", "+1/+1", "two"), rule numbers aside."""
     text = RULE_NUMBER.sub(" ", text)
-    found = {m.group(0).lstrip("+") for m in _NUMBER.finditer(text)}
+    found = {m.group(0).replace("+", "") for m in _NUMBER.finditer(text)}
     found |= {_NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in _NUMBER_WORDS}
     return found - {"1"}  # "one" is as often "a" ("one or more", "one of them") as a count: not checked
 
@@ -112,7 +114,7 @@ def sentence_support(
 ) -> SentenceSupport:
     """How well one sentence is supported by its best passage (plus the question)."""
     words = content_words(sentence)
-    if len(words) < MIN_CHECKED_WORDS:
+    if len(words - _VERDICT_WORDS) < MIN_CHECKED_WORDS:
         return SentenceSupport(sentence, 0.0, "a bare verdict or filler that no source can confirm")
     question_words = content_words(question)
     best_score, best = -1.0, ""

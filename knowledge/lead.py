@@ -123,7 +123,8 @@ class LeadSelector:
         fused = [1.0 / (RRF_K + i + 1) for i in range(len(pool))]
         for place, i in enumerate(by_sentence):
             fused[i] += SENTENCE_WEIGHT / (RRF_K + place + 1)
-        winner = max(range(len(pool)), key=lambda i: (fused[i], -i))
+        # A tie (the two orders disagree on two candidates) goes to the better sentence match.
+        winner = max(range(len(pool)), key=lambda i: (round(fused[i], 9), best[i][0]))
         score, start, end = best[winner]
         return Lead(pool[winner], start, end, score)
 

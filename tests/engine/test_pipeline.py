@@ -13,7 +13,7 @@ import pytest
 from engine.api import AnswerRequest, Expert
 from engine.errors import AdapterError, InvalidRequest
 from engine.grounding import UNVERIFIED
-from engine.pipeline import EMPTY_ANSWER, MAX_QUESTION_CHARS, UNCITED_NOTE, AnswerPipeline, validate_request
+from engine.pipeline import MAX_QUESTION_CHARS, NO_PROSE, NOT_FOUND, AnswerPipeline, validate_request
 from engine.prompts import EXPERT_INSTRUCTIONS, next_history
 
 RELEASE = "2026-01-16"
@@ -39,6 +39,7 @@ def test_validate_strips_and_fills_the_token_budget() -> None:
         AnswerRequest("ok?", max_new_tokens=0),
         AnswerRequest("ok?", max_new_tokens=5000),
         AnswerRequest("ok?", experts=("wizard",)),  # type: ignore[arg-type]
+        AnswerRequest("Comment fonctionne le piétinement quand le bloqueur meurt ?"),
     ],
 )
 def test_validate_rejects(request_: AnswerRequest) -> None:
@@ -122,45 +123,73 @@ def test_answer_cites_exactly_the_prompt_passages_and_drops_invented_rules(pipel
     answer = pipeline.finish(turn, text, prefill_ms=5.0, generate_ms=7.0, generated_tokens=20)
     assert answer.passages == turn.passages
     assert answer.citations == [p.citation for p in turn.passages]
-    assert f"(CR {cited})" in answer.text
-    assert "613.7" not in answer.text and "999.1" not in answer.text and UNVERIFIED in answer.text
-    assert answer.text_cites == [cited] and answer.note is None  # it cites a quoted rule: no caution
+    prose = answer.text if answer.prose_shown else answer.draft
+    assert prose.startswith(turn.opening) and f"(CR {cited})" in prose
+    assert "613.7" not in prose and "999.1" not in prose and UNVERIFIED in prose
+    assert cited in answer.text_cites
+    assert not answer.prose_shown and answer.support == "cites a rule that was not quoted"
     assert answer.generated_tokens == 20 and answer.experts == turn.experts
-    assert {"route", "retrieve", "assemble", "prefill", "generate", "total"} <= set(answer.timings_ms)
+    assert {"route", "retrieve", "lead", "assemble", "prefill", "generate", "total"} <= set(answer.timings_ms)
     data = answer.to_json()
     assert [c["id"] for c in data["citations"]] == [p.citation.id for p in turn.passages]
     assert all(c["text"] == p.text for c, p in zip(data["citations"], turn.passages, strict=True))
+    assert data["lead"]["id"] == turn.lead.passage.citation.id and data["prose_shown"] is False
 
 
 @pytest.mark.slow
-def test_empty_generation_falls_back_to_the_quoted_passages(pipeline: AnswerPipeline) -> None:
-    turn = prepare(pipeline, "What is deathtouch?")
-    answer = pipeline.finish(turn, "  (CR 999.9)  ", prefill_ms=1.0, generate_ms=1.0, generated_tokens=3)
-    assert answer.text == EMPTY_ANSWER
-    assert answer.passages  # the passages still answer it
-    assert answer.note is None  # the fallback already points at the quoted passages
+def test_the_deciding_rule_leads_the_prompt_and_the_answer(pipeline: AnswerPipeline) -> None:
+    turn = prepare(pipeline, "How does trample work when the blocker dies?")
+    assert turn.lead is not None and turn.lead.passage.citation.id == "702.19d"
+    assert turn.passages[0] == turn.lead.passage  # first in the prompt too
+    assert "no creatures blocking it" in turn.lead.sentence  # the answering sentence, not the heading
+    assert turn.opening == "Rule 702.19d says that"
+    assert pipeline.tokenizer.decode(turn.input_ids).endswith("assistant\nRule 702.19d says that")
+    data = pipeline.finish(turn, " x", prefill_ms=1, generate_ms=1, generated_tokens=1).to_json()
+    assert data["lead"] == {
+        "id": "702.19d",
+        "kind": "rule",
+        "release": RELEASE,
+        "text": turn.lead.passage.text,
+        "sentence": turn.lead.sentence,
+        "score": round(turn.lead.score, 4),
+    }
 
 
 @pytest.mark.slow
-def test_prose_citing_no_quoted_rule_carries_a_caution(pipeline: AnswerPipeline) -> None:
-    turn = prepare(pipeline, "Can I respond to a spell by casting an instant?")
-    answer = pipeline.finish(turn, "The answer is no.", prefill_ms=1.0, generate_ms=1.0, generated_tokens=5)
-    assert answer.text == "The answer is no."  # shown, never rewritten...
-    assert answer.text_cites == [] and answer.note == UNCITED_NOTE  # ...but flagged as unchecked
-    assert answer.to_json()["note"] == UNCITED_NOTE
-    invented = pipeline.finish(turn, "No (CR 999.1).", prefill_ms=1.0, generate_ms=1.0, generated_tokens=5)
-    assert invented.note == UNCITED_NOTE  # an invented rule number is no citation either
+def test_prose_that_restates_the_rule_is_shown_and_a_bare_verdict_is_not(pipeline: AnswerPipeline) -> None:
+    turn = prepare(pipeline, "Can a creature with defender attack?")
+    assert turn.lead is not None
+    restated = f" {turn.lead.sentence[0].lower()}{turn.lead.sentence[1:]}"
+    shown = pipeline.finish(turn, restated, prefill_ms=1.0, generate_ms=1.0, generated_tokens=9)
+    assert shown.prose_shown and shown.text == turn.opening + restated and shown.support == "supported"
+    assert shown.text_cites == [turn.lead.passage.citation.id] and shown.draft is None
+    bare = pipeline.finish(
+        turn, " yes. The answer is no.", prefill_ms=1.0, generate_ms=1.0, generated_tokens=5
+    )
+    assert not bare.prose_shown and bare.text == NO_PROSE  # never shown, never rewritten...
+    assert bare.draft == f"{turn.opening} yes. The answer is no."  # ...but kept for evaluation
+    assert bare.lead == turn.lead and bare.passages  # the quoted rules still answer it
+
+
+@pytest.mark.slow
+def test_a_question_no_rule_is_about_quotes_nothing(pipeline: AnswerPipeline) -> None:
+    turn = prepare(pipeline, "What is a good recipe for banana bread?")
+    assert turn.lead is None and not turn.answerable and turn.passages == [] and turn.opening == ""
+    answer = pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
+    assert answer.text == NOT_FOUND and "/rule" in answer.text and "/card" in answer.text
+    assert answer.citations == [] and answer.lead is None and not answer.prose_shown
 
 
 @pytest.mark.slow
 def test_second_turn_repeats_the_first_verbatim(pipeline: AnswerPipeline) -> None:
     first = prepare(pipeline, "How does trample work?", experts=(Expert.EXPLAIN,), session_id="s1")
-    history = next_history(first.messages, "Excess damage goes to the player.")
+    history = next_history(first.messages, first.opening + " excess damage goes to the player.")
     request = validate_request(
         AnswerRequest("And with deathtouch?", experts=(Expert.EXPLAIN,), session_id="s1"), 24
     )
     second = pipeline.prepare(request, history)
-    assert second.input_ids[: len(first.input_ids)] == first.input_ids  # the KV session's reusable prefix
+    # The KV session's reusable prefix: the first prompt and its opening, as the model saw them.
+    assert second.input_ids[: len(first.input_ids)] == first.input_ids
     assert second.messages[1:3] == history
     # A short follow-up is retrieved together with the previous question.
     assert pipeline.retrieval_query("And with deathtouch?", history).startswith("How does trample work?")

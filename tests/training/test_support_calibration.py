@@ -1,0 +1,46 @@
+"""The support and relevance thresholds are calibrated on data built from the rules alone."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.support import SUPPORT_THRESHOLD
+from training.relevance_calibration import calibrate_relevance, in_domain_questions, offtopic_questions
+from training.support_calibration import TARGET_REJECTION, build_cases, calibrate
+
+
+@pytest.fixture(scope="module")
+def rules_doc(latest_rules_path):
+    from knowledge.rules import load_rules
+
+    return load_rules(latest_rules_path)
+
+
+def test_cases_come_from_the_rules_examples(rules_doc) -> None:
+    cases = build_cases(rules_doc)
+    supported = [c for c in cases if c.supported]
+    assert len(supported) > 150 and len(cases) - len(supported) > 100
+    for case in cases[:20]:
+        rule = rules_doc.rules[case.rule]
+        assert case.passage == rule.text
+        if case.supported:  # its own example's conclusion
+            assert any(case.conclusion in e for e in rule.examples)
+
+
+def test_the_served_threshold_is_the_calibrated_one(rules_doc) -> None:
+    calibration = calibrate(build_cases(rules_doc))
+    assert calibration.threshold == SUPPORT_THRESHOLD
+    assert calibration.rejected_unsupported >= TARGET_REJECTION
+    assert calibration.kept_supported > 0.3  # and it still keeps a good share of faithful conclusions
+
+
+def test_relevance_calibration_keeps_in_domain_questions(rules_doc) -> None:
+    in_domain, offtopic = in_domain_questions(rules_doc, limit=50), offtopic_questions()
+    assert len(in_domain) == 50 and len(offtopic) >= 40
+    assert not any("Example" in q for q in offtopic)
+    # A scorer that knows the rules' words: the threshold keeps 99% of in-domain questions.
+    words = {w.lower() for q in in_domain for w in q.split()}
+    calibration = calibrate_relevance(
+        lambda q: sum(w.lower() in words for w in q.split()) / len(q.split()), in_domain, offtopic
+    )
+    assert calibration.kept_in_domain >= 0.99 and calibration.rejected_offtopic > 0.5
