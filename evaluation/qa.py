@@ -21,14 +21,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
+from engine.api import Answer, AnswerRequest, Engine, Expert, LeadFound, TokenDelta
 from engine.errors import EngineError
 from evaluation import scoring
 from evaluation.scoring import Encoder
 from knowledge.recall import ALL, difficulty_of, gold_rules
 
 QUALITY_METRICS = ("citation_recall", "citation_precision", "entity_recall", "similarity", "keyword_f1")
-MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision", "prose_cites")
+USER_METRICS = ("lead_precision", "prose_shown", "shown_prose_cites")
+"""What a user sees first: the lead rule is a gold rule (or its family), prose is shown, shown prose cites."""
+MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision", "prose_cites", *USER_METRICS)
+SAMPLE_ANSWERS = 8
+"""Answers printed side by side with the reference answers in the Markdown report."""
 PLOT_METRICS = {
     "citation recall": "citation_recall",
     "citation precision": "citation_precision",
@@ -68,8 +72,22 @@ class QuestionResult:
     keyword_precision: float | None = None
     keyword_f1: float | None = None
     prose_cites: float | None = None
-    """1.0 when the answer's text itself cites a rule from its quoted passages, else 0.0 (the engine then
-    shows its caution, ``Answer.note``); the mean is the share of answers whose prose is referenced."""
+    """1.0 when the generated prose (shown or not) cites a rule from its quoted passages, else 0.0."""
+    lead: dict[str, str | None] | None = None
+    """The rule the answer leads with: ``{"id", "kind", "release", "text"}`` (None: nothing relevant found)."""
+    lead_s: float | None = None
+    """Time to the lead (the ``LeadFound`` event): when a user first reads something."""
+    lead_precision: float | None = None
+    """1.0 when the lead is a gold rule, its parent or a sub-rule of it; 0.0 otherwise (no lead included);
+    None when the row has no gold rules."""
+    prose_shown: bool | None = None
+    """Whether the answer showed generated prose (it passed the support check)."""
+    shown_prose_cites: float | None = None
+    """For shown prose: 1.0 when it cites a quoted rule (None when no prose was shown)."""
+    draft: str | None = None
+    """Generated prose that was not shown (failed the support check), for reading the report."""
+    support: str | None = None
+    verdict: str | None = None
     error: str | None = None
     """``ErrorType: message`` when generation failed; the quality fields then stay None."""
 
@@ -143,22 +161,33 @@ class QAReport:
             "results": [asdict(r) for r in self.results],
         }
 
-    def to_markdown(self) -> str:
-        """One row per difficulty, then "all": questions, citation recall and precision, similarity,
-        keyword F1 and median latency. A metric with no defined value is "–"."""
+    def to_markdown(self, sample: int = SAMPLE_ANSWERS) -> str:
+        """One row per difficulty, then "all": questions, lead precision, prose shown, citation recall and
+        precision, similarity, keyword F1 and median latency ("–": no defined value); then ``sample``
+        answers side by side with the reference answers."""
         lines = [
-            "| difficulty | n | cit. recall | cit. precision | similarity | keyword F1 | p50 latency (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| difficulty | n | lead precision | prose shown | cit. recall | cit. precision | similarity "
+            "| keyword F1 | p50 latency (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         rows = dict(self.by_difficulty)
         if list(rows) == [ALL]:  # ungrouped questions: the total row says it all
             rows = {}
         rows[f"**{ALL}**" if rows else ALL] = self.summary
         for name, group in rows.items():
-            cells = [_cell(group.mean(m)) for m in ("citation_recall", "citation_precision")]
+            cells = [_cell(group.mean(m)) for m in ("lead_precision", "prose_shown")]
+            cells += [_cell(group.mean(m)) for m in ("citation_recall", "citation_precision")]
             cells += [_cell(group.mean(m)) for m in ("similarity", "keyword_f1")]
             latency = "–" if group.latency_p50_s is None else f"{group.latency_p50_s:.2f}"
             lines.append(f"| {name} | {group.questions} | {' | '.join(cells)} | {latency} |")
+        samples = [r for r in self.results if r.error is None][:sample]
+        if samples:
+            lines += [
+                "",
+                f"Sample answers ({len(samples)} of {len(self.results)}), as a user reads them:",
+                "",
+            ]
+            lines += [line for r in samples for line in _sample_lines(r)]
         return "\n".join(lines)
 
     def totals_line(self) -> str:
@@ -171,9 +200,15 @@ class QAReport:
             m = s.metrics[metric]
             if m.defined:
                 parts.append(f"{label} {_cell(m.mean)} over {m.defined}")
-        cites = s.metrics["prose_cites"]
+        lead = s.metrics["lead_precision"]
+        if lead.defined and lead.mean is not None:
+            parts.append(f"lead precision {lead.mean:.2f} over {lead.defined}")
+        shown = s.metrics["prose_shown"]
+        if shown.defined and shown.mean is not None:
+            parts.append(f"prose shown in {shown.mean:.0%}")
+        cites = s.metrics["shown_prose_cites"]
         if cites.defined and cites.mean is not None:
-            parts.append(f"prose cites a quoted rule in {cites.mean:.0%}")
+            parts.append(f"shown prose cites a quoted rule in {cites.mean:.0%}")
         if s.latency_p50_s is not None:
             parts.append(
                 f"latency p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s, max {s.latency_max_s:.2f} s"
@@ -181,6 +216,26 @@ class QAReport:
         if s.tokens_per_s is not None:
             parts.append(f"{s.tokens_per_s:.1f} tokens/s")
         return "; ".join(parts) + f"; {self.elapsed_s:.0f} s in all"
+
+
+def _sample_lines(r: QuestionResult) -> list[str]:
+    """One answer beside its reference: the lead rule, then the verdict and the shown prose (or the draft
+    that was held back, marked so)."""
+    lead = f"CR {r.lead['id']}" if r.lead else "(no rule found)"
+    hit = (
+        {1.0: " (gold)", 0.0: " (not gold)"}.get(r.lead_precision, "") if r.lead_precision is not None else ""
+    )
+    shown = r.answer if r.prose_shown else f"(not shown: {r.support}) draft: {r.draft or '-'}"
+    lines = [f"- **Q{r.id}** {r.question}", f"  - lead: {lead}{hit}; gold: {', '.join(r.gold_rules) or '-'}"]
+    if r.verdict:
+        lines.append(f"  - verdict: {r.verdict}")
+    lines += [f"  - prose: {_one_line(shown)}", f"  - reference: {_one_line(r.reference or '-')}"]
+    return lines
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _cell(value: float | None) -> str:
@@ -270,7 +325,9 @@ async def _ask(engine: Engine, request: AnswerRequest, result: QuestionResult) -
             if isinstance(event, TokenDelta):
                 if result.ttft_s is None:
                     result.ttft_s = time.perf_counter() - submitted
-            else:
+            elif isinstance(event, LeadFound):
+                result.lead_s = time.perf_counter() - submitted
+            elif isinstance(event, Answer):
                 answer = event
         if answer is None:
             raise EngineError("the engine finished without an answer")
@@ -285,6 +342,16 @@ async def _ask(engine: Engine, request: AnswerRequest, result: QuestionResult) -
     result.latency_s = time.perf_counter() - submitted
     result.answer = answer.text
     result.prose_cites = float(bool(answer.text_cites))
+    if answer.lead is not None:
+        citation = answer.lead.passage.citation
+        result.lead = {
+            "id": citation.id,
+            "kind": citation.kind,
+            "release": citation.release,
+            "text": answer.lead.passage.text,
+        }
+    result.prose_shown = answer.prose_shown
+    result.draft, result.support, result.verdict = answer.draft, answer.support, answer.verdict
     result.citations = [{"id": c.id, "kind": c.kind, "release": c.release} for c in answer.citations]
     result.experts = [e.value for e in answer.experts]
     result.generated_tokens = answer.generated_tokens
@@ -299,6 +366,13 @@ def _score(r: QuestionResult) -> None:
     if r.error is not None:
         return
     r.citation_recall = scoring.citation_recall(r.gold_rules, r.cited_rules)
+    if r.gold_rules:
+        lead = r.lead["id"] if r.lead and r.lead["kind"] == "rule" else None
+        r.lead_precision = float(
+            lead is not None and any(scoring.rule_matches(g, lead) for g in r.gold_rules)
+        )
+    if r.prose_shown:
+        r.shown_prose_cites = r.prose_cites
     r.citation_precision = scoring.citation_precision(r.gold_rules, r.cited_rules)
     names = [str(c["id"]) for c in r.citations if c["kind"] != "rule"]
     r.entity_recall = scoring.entity_recall(r.gold_entities, names, r.answer)

@@ -65,7 +65,7 @@ ROWS = [
 
 SCRIPT = {  # question -> (answer text, cited rules and cards)
     ROWS[0]["question"]: (BEGINNING, ("501.1", "502.4")),
-    ROWS[1]["question"]: ("No. Creature spells need flash to be cast then.", ("505.6", "702.8a")),
+    ROWS[1]["question"]: ("No. Creature spells need flash to be cast then.", ("702.8a", "505.6")),
     ROWS[2]["question"]: ("Call a judge.", ("702.19b",)),
     ROWS[4]["question"]: (
         "Jace, the Mind Sculptor's ability (CR 606.3): draw three cards, put back two.",
@@ -181,23 +181,43 @@ async def test_per_difficulty_groups_in_file_order(report: QAReport) -> None:
     assert groups["interaction_multihop"].mean("entity_recall") == 0.5
 
 
-async def test_json_and_markdown(report: QAReport) -> None:
+async def test_json_and_markdown(report: QAReport, fake_data: FakeData) -> None:
     data = json.loads(json.dumps(report.to_json()))
     assert data["questions"] == data["planned"] == 5 and data["interrupted"] is False
     assert data["summary"]["citation_recall"]["defined"] == 3
     assert data["summary"]["errors"] == 1
     assert data["by_difficulty"]["edge_cases"]["citation_recall"] == {"mean": None, "defined": 0}
     assert [r["id"] for r in data["results"]] == ["2", "4", "490", "7", "hand-jace"]
-    lines = report.to_markdown().splitlines()
-    assert lines[0].startswith("| difficulty | n | cit. recall | cit. precision | similarity | keyword F1")
-    assert len(lines) == 2 + 3 + 1
+    markdown = report.to_markdown()
+    lines = markdown.splitlines()
+    assert lines[0].startswith(
+        "| difficulty | n | lead precision | prose shown | cit. recall | cit. precision"
+    )
     fundamentals = lines[2].split(" | ")
-    assert fundamentals[:4] == ["| fundamentals", "2", "0.75", "0.75"]
-    assert lines[3].split(" | ")[:4] == ["| edge_cases", "2", "–", "–"]
-    assert lines[-1].startswith("| **all** | 5 | 0.67 | 0.83 |")
-    assert "5 questions; 1 errors; citation recall 0.67 over 3" in report.totals_line()
-    assert "prose cites a quoted rule in 25%" in report.totals_line()
+    assert fundamentals[:6] == ["| fundamentals", "2", "0.50", "1.00", "0.75", "0.75"]
+    assert lines[3].split(" | ")[:6] == ["| edge_cases", "2", "–", "1.00", "–", "–"]
+    assert lines[5].startswith("| **all** | 5 | 0.67 | 1.00 | 0.67 | 0.83 |")
+    # The sample: each answer as a user reads it (lead first), beside the reference answer.
+    assert "Sample answers (4 of 5)" in markdown
+    assert (
+        "- **Q4** Can a player cast" in markdown
+        and "lead: CR 702.8a (not gold); gold: 505.6a, 117.1a" in markdown
+    )
+    assert f"reference: {FLASH}" in markdown and "lead: CR 501.1 (gold)" in markdown
+    totals = report.totals_line()
+    assert "5 questions; 1 errors; citation recall 0.67 over 3" in totals
+    assert "lead precision 0.67 over 3" in totals and "prose shown in 100%" in totals
+    assert "shown prose cites a quoted rule in 25%" in totals
     assert data["summary"]["prose_cites"] == {"mean": 0.25, "defined": 4}
+    assert data["summary"]["lead_precision"] == {"mean": pytest.approx(2 / 3), "defined": 3}
+    first = data["results"][0]
+    assert first["lead"] == {
+        "id": "501.1",
+        "kind": "rule",
+        "release": "2026-01-16",
+        "text": fake_data.rules.rules["501.1"].full_text(),
+    }
+    assert first["prose_shown"] is True and data["results"][3]["prose_shown"] is None  # 7 failed
 
 
 async def test_requests_run_one_at_a_time_with_the_options(fake_data: FakeData, encode) -> None:
@@ -245,7 +265,7 @@ async def test_ungrouped_questions_make_one_row(fake_data: FakeData) -> None:
     assert report.results[0].similarity is None and report.results[0].keyword_f1 is None  # no reference
     assert report.results[0].citation_precision == 0.5
     lines = report.to_markdown().splitlines()
-    assert len(lines) == 3 and lines[2].startswith("| all | 1 | 1.00 | 0.50 | – | – |")
+    assert lines[2].startswith("| all | 1 | 1.00 | 1.00 | 1.00 | 0.50 | – | – |") and lines[3] == ""
     assert "entity recall" not in report.totals_line()  # nothing to say about undefined metrics
 
 
