@@ -12,7 +12,7 @@ ASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         "block_legal",
         re.compile(
             r"\b(can|could|may|is it legal|legal|allowed|able to)\b[^.?]*\bblock|\bcan\b[^.?]*\bbe blocked\b|"
-            r"\blegal block\b|\bblock\w* legal\b"
+            r"\blegal block\b|\bblock\w* legal\b|\bblock[^?]*\b(legal|allowed)\b"
         ),
     ),
     ("poison", re.compile(r"\bpoison")),
@@ -37,7 +37,7 @@ ASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         re.compile(
             r"\blife total\b|\bwhat life\b|\bhow much life\b|\bwhat('s| is| am) (my|their|his|her|i|the opponent|my opponent)\b[^?]*\b(life|at)\b|"
             r"\b(am i|is he|is she|are they|are we|do i|does he|does she|do they|does my opponent|is my opponent)\b[^?]*\b(dead|lose|losing|die)\b|"
-            r"\blose the game\b|\bwin the game\b|\bwho wins\b|\blethal\b"
+            r"\blose the game\b|\bwin the game\b|\bwho wins\b|\blethal\b|\b(do|will|would|can|did) (i|we|they|he|she) win\b"
         ),
     ),
     (

@@ -53,7 +53,11 @@ def read_effects(tokens: list[Token], mentions: list[Mention]) -> int:
             i += 1
             continue
         target = _target_mention(mentions, i)
+        asked = i > 0 and tokens[i - 1].text in ("many", "much", "what", "which", "any", "of")
         counters = counter_phrase(tokens, i) if i + 1 < len(tokens) else None
+        if asked and counters:  # "how many -1/-1 counters": the question, not a counter on the board
+            i += counters[2]
+            continue
         pt = parse_pt(tokens[i].text)
         effect: PTEffect | None = None
         if counters:

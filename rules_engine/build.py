@@ -6,6 +6,7 @@ absurd sizes, a creature with defender attacking.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from rules_engine.errors import ImpossibleBoard
@@ -13,6 +14,7 @@ from rules_engine.mentions import Mention
 from rules_engine.model import Permanent, Scenario
 from rules_engine.roles import Roles
 
+YOURS = re.compile(r"\b(i control|i have|i've got|i got)\b")
 MAX_PERMANENTS = 40
 MAX_NUMBER = 1_000_000
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
@@ -40,6 +42,8 @@ def _label_base(m: Mention) -> str:
 def build_scenario(mentions: list[Mention], roles: Roles, ask: str, norm: str) -> Scenario:
     for m in mentions:
         validate_mention(m)
+        if m.controller is None and not roles.attackers and YOURS.search(norm):
+            m.controller = "you"
     total = sum(m.count for m in mentions)
     if total > MAX_PERMANENTS:
         raise ImpossibleBoard(
@@ -55,6 +59,10 @@ def build_scenario(mentions: list[Mention], roles: Roles, ask: str, norm: str) -
             key = (m.controller, _label_base(m))
             seen[key] += 1
             perms.append(_permanent(m, k, roles, labels[key] > 1, seen[key]))
+    if "same name" in norm:
+        for p in perms:
+            if p.legendary and not p.card_name:
+                p.card_name = "that name"
     for p in perms:
         if p.role == "blocker" and p.blocking is not None:
             p.blocking = first_index[p.blocking]

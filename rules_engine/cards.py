@@ -36,6 +36,10 @@ RISKY_TEXT = re.compile(
 )
 
 
+ENTERS_TRIGGER = re.compile(r"^When [^,]+ enters( the battlefield)?,", re.IGNORECASE)
+CDA = re.compile(r"\bpower (and toughness )?(is|are) (each )?equal to|\btoughness is equal to", re.IGNORECASE)
+
+
 @dataclass
 class CardFacts:
     name: str
@@ -124,7 +128,11 @@ def card_facts(card: Card) -> CardFacts:
         body = re.sub(r"\s*\(.*?\)", "", line).strip()
         if not body:
             continue
-        if not _read_keyword_line(body, facts) and RISKY_TEXT.search(body):
+        if _read_keyword_line(body, facts) or ENTERS_TRIGGER.match(body):
+            continue  # an enters trigger already happened for a creature in combat
+        if CDA.search(body):
+            facts.power = facts.toughness = None  # the question must say what it is now
+        elif RISKY_TEXT.search(body):
             facts.risky = True
     return facts
 

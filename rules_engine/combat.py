@@ -9,7 +9,7 @@ so in the step: a trampler assigns just lethal damage to its blockers and the re
 
 from __future__ import annotations
 
-from rules_engine.layers import current_pt
+from rules_engine.layers import current_pt, explain_pt
 from rules_engine.model import AttackTarget, Permanent, Scenario, Step
 from rules_engine.sba import Board, check_state_based_actions
 
@@ -96,6 +96,9 @@ def resolve_combat(scenario: Scenario) -> tuple[Board, list[Step]]:
     combatants = [i for i, p in enumerate(perms) if p.role in ("attacker", "blocker")]
     first = [i for i in combatants if any(perms[i].has(k) for k in FIRST_STRIKERS)]
     steps: list[Step] = []
+    for i in combatants:
+        if perms[i].effects or perms[i].plus_counters or perms[i].minus_counters:
+            steps += explain_pt(perms[i])[2][1:]  # its P/T going into combat (layer 7)
     if not first:
         steps += _damage_step(board, combatants)
         return board, steps + check_state_based_actions(board)

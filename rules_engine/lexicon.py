@@ -177,7 +177,7 @@ OUT_OF_SCOPE = re.compile(
     r"\b(whenever|trigger\w*|prevent\w*|regenerat\w*|sacrific\w*|exile\w*|bounce|flicker|fights?|"
     r"equip\w*|aura|enchanted|umbra|instead of|redirect\w*|double (the )?damage|twice th|doubl(e|es|ing) (the )?(counters|damage)|"
     r"commander damage|two-headed|2hg|phas(e|es|ed|ing) out|an additional creature|any number of creatures|"
-    r"blocks? (both|two|all)|each creature|all creatures|creatures you control get|wrath|sweeper|"
+    r"blocks? (both|two|all)|each creature (you|they|he|she|your opponent|that player) controls?|all creatures|creatures you control get|wrath|sweeper|"
     r"lightning bolt|bolt|shock|fireball|damage to any target|hardened scales|doubling season|"
     r"ninjutsu|for each|equal to|where x|x/x|\*/|copy|clone|mutate|transform|flip|dies?,? (return|draw)|"
     r"counter (it|the spell)|in response|the stack|cast(s|ing)? .* (instant|sorcery) .* (after|before) (damage|blockers))\b"

@@ -61,6 +61,9 @@ class Mention:
     base: bool = False
     name: str | None = None
     """Card name, for a mention of a named card."""
+    definite: bool = False
+    """Named with "the"/"my"/"their"/"it" and no count: may be a creature mentioned before."""
+    indefinite: bool = False
     role_hint: str | None = None
     """"attacker" or "blocker" when the mention itself says so ("a 2/2 blocker")."""
 
@@ -111,6 +114,7 @@ def _scan_left(tokens: list[Token], m: Mention, floor: int) -> None:
             m.controller = m.controller or "opponent"
         elif word.isdigit():
             m.count = int(word)
+            m.indefinite = True
         elif word in COLOR_WORDS:
             m.colors.append(COLOR_WORDS[word])
         elif kw:
@@ -119,6 +123,10 @@ def _scan_left(tokens: list[Token], m: Mention, floor: int) -> None:
             _adjective(m, word)
         elif word not in DETERMINERS:
             break
+        if word in ("the", "this", "that", "my", "their", "his", "her", "your"):
+            m.definite = True
+        elif word in ("a", "an", "another", "other"):
+            m.indefinite = True
         i -= 1
     m.start = i + 1
 
@@ -290,6 +298,27 @@ STOP_WORDS = frozenset(
         "damage",
         "life",
         "poison",
+        "its",
+        "his",
+        "her",
+        "becomes",
+        "become",
+        "power",
+        "toughness",
+        "switched",
+        "swapped",
+        "gains",
+        "gain",
+        "loses",
+        "lose",
+        "deals",
+        "deal",
+        "takes",
+        "take",
+        "dies",
+        "die",
+        "survives",
+        "survive",
     }
 )
 
@@ -312,7 +341,36 @@ def extract_mentions(tokens: list[Token]) -> list[Mention]:
             _merge(found[-1], m)
             continue
         found.append(m)
-    return found
+    return _resolve_coreference(found)
+
+
+def _same_creature(earlier: Mention, m: Mention) -> bool:
+    if not m.definite or m.indefinite or m.count != 1:
+        return False
+    if m.controller and earlier.controller and m.controller != earlier.controller:
+        return False
+    if m.card is not None or earlier.card is not None:
+        return m.name is not None and m.name == earlier.name
+    return (m.power, m.toughness) == (earlier.power, earlier.toughness) and earlier.count == 1
+
+
+def _resolve_coreference(found: list[Mention]) -> list[Mention]:
+    """ "the 3/3 has 2 damage on it", "does my 4/4 survive?": a definite mention of a P/T seen before is that
+    creature again; what it adds (damage, counters, keywords) goes to the first mention."""
+    kept: list[Mention] = []
+    for m in found:
+        earlier = next((e for e in kept if _same_creature(e, m)), None)
+        if earlier is None:
+            kept.append(m)
+            continue
+        earlier.controller = earlier.controller or m.controller
+        for name in ("keywords", "protection", "colors", "effects"):
+            getattr(earlier, name).extend(getattr(m, name))
+        earlier.plus += m.plus
+        earlier.minus += m.minus
+        earlier.damage += m.damage
+        earlier.toxic += m.toxic
+    return kept
 
 
 def _merges(prev: Mention, m: Mention, tokens: list[Token]) -> bool:

@@ -21,16 +21,17 @@ BLOCKER_BEFORE = re.compile(
     rf"({BLOCK} (it |him |them |that |this )?(with|by|using)|blocked by|blockers? (are|is)|block(ed)? .* with)\W*(\w+\W*){{0,2}}$"
 )
 ATTACKER_BEFORE = re.compile(
-    rf"({ATTACK}( me| us| you| them| him| her| in)? with|attackers? (are|is))\W*(\w+\W*){{0,2}}$"
+    rf"({ATTACK}( me| us| you| them| him| her| in)? with|{ATTACK} [^.?!]*\b(planeswalker|walker|pw|battle)\b[^.?!]* with|attackers? (are|is))\W*(\w+\W*){{0,2}}$"
 )
 BLOCKS_VERB_AFTER = re.compile(
     rf"^\W*(which |that |who |then |also )?(is |can |could |will |would |does |did )?{BLOCK}\b(?! by| with)"
 )
+PREAMBLE = r"((gets|gains|has|had|with|is|was|becomes) [^.?!]*? (and|then|,)\s*)?"
 ATTACK_VERB_AFTER = re.compile(
-    rf"^\W*(which |that |who |then |also )?(is |are |was |will |would |does |did )?{ATTACK}\b(?! with)"
+    rf"^\W*{PREAMBLE}(which |that |who |then |also )?(is |are |was |will |would |does |did )?{ATTACK}\b(?! with)"
 )
 BLOCKED_AFTER = re.compile(
-    r"^\W*(and |but )?(is |gets |got |was |becomes |it's )?(double[- ]|triple[- ])?blocked\b"
+    rf"^\W*{PREAMBLE}(and |but )?(is |gets |got |was |becomes |it's )?(double[- ]|triple[- ])?blocked\b"
 )
 LIST_GAP = re.compile(r"^\W*(and|,|&|plus|\+)?\W*(a|an|another|one|my|their|his|her)?\W*$")
 YOU_DEFEND = re.compile(
@@ -74,6 +75,15 @@ def assign_roles(mentions: list[Mention], tokens: list[Token], text: str) -> Rol
             blocks_target[k - 1] = k
             kind = "attacker"
         kinds.append(kind)
+    for k in range(len(kinds) - 2, -1, -1):  # "their 4/4 and 2/2 attack": a list shares its last item's role
+        gap = _gap(tokens, text, mentions[k].end, mentions[k + 1].start)
+        if (
+            kinds[k] is None
+            and kinds[k + 1] in ("attacker", "blocker")
+            and LIST_GAP.match(gap)
+            and gap.strip()
+        ):
+            kinds[k] = kinds[k + 1]
     for k, kind in enumerate(kinds):
         if kind == "blocker" and k in blocks_target and kinds[blocks_target[k]] is None:
             kinds[blocks_target[k]] = "attacker"

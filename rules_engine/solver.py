@@ -8,7 +8,7 @@ from knowledge.card_names import CardDatabase
 from rules_engine.combat import block_problems, resolve_combat
 from rules_engine.errors import ImpossibleBoard, NotUnderstood
 from rules_engine.followup import apply_followup, looks_like_followup
-from rules_engine.layers import explain_pt
+from rules_engine.layers import current_pt, explain_pt
 from rules_engine.model import Scenario, Solution, Step, rules_in_order
 from rules_engine.parser import THRESHOLD, ParsedQuestion, parse_question
 from rules_engine.sba import Board, check_state_based_actions
@@ -45,6 +45,17 @@ def _parse(question: str, cards: CardDatabase | None, previous: Scenario | None)
     return parse_question(question, cards)
 
 
+def _survivor_steps(board: Board) -> list[Step]:
+    """Why a damaged creature is still there: its damage is less than its toughness (rule 704.5g)."""
+    steps = []
+    for i, perm in enumerate(board.scenario.permanents):
+        toughness = current_pt(perm)[1]
+        if board.alive(i) and 0 < perm.damage < toughness:
+            text = f"{perm.label} has {perm.damage} damage marked, less than its toughness {toughness}, so it isn't destroyed."
+            steps.append(Step(text, ("704.5g",)))
+    return steps
+
+
 def calculate(scenario: Scenario, confidence: float = 1.0, notes: list[Step] | None = None) -> Solution:
     steps = list(notes or [])
     outcome: dict[str, object]
@@ -64,6 +75,7 @@ def calculate(scenario: Scenario, confidence: float = 1.0, notes: list[Step] | N
         subject = board.scenario.permanents[scenario.subject or 0]
         steps += explain_pt(subject)[2]
         steps += check_state_based_actions(board)
+        steps += _survivor_steps(board)
         verdict, outcome = board_verdict(scenario.ask, board)
     steps = [Step(sentence(s.text), s.rules) for s in steps]
     return Solution(
