@@ -92,17 +92,20 @@ def _change_keywords(tokens, norm: str, scenario: Scenario, targets: list[Perman
 def _change_stats(tokens, scenario: Scenario, targets: list[Permanent]) -> bool:
     changed = False
     stamp = 1 + max((e.timestamp for p in scenario.permanents for e in p.effects), default=0)
+    skip_to = 0
     for i, tok in enumerate(tokens):
+        if i < skip_to:
+            continue
         counters = counter_phrase(tokens, i) if i + 1 < len(tokens) else None
         if counters:
             for perm in targets:
                 perm.plus_counters += counters[0]
                 perm.minus_counters += counters[1]
-            changed = True
+            changed, skip_to = True, i + counters[2]
             continue
         m = re.fullmatch(r"([+-]\d+)/([+-]\d+)", tok.text)
         nxt = tokens[i + 1].text if i + 1 < len(tokens) else ""
-        if m and not nxt.startswith("counter") and (i == 0 or counter_phrase(tokens, i - 1) is None):
+        if m and not nxt.startswith("counter"):
             for perm in targets:
                 perm.effects.append(PTEffect("modify", int(m.group(1)), int(m.group(2)), stamp + i, tok.text))
             changed = True
@@ -137,7 +140,10 @@ def _replace_combatants(question: str, previous: Scenario, cards: CardDatabase |
         p.label = ("your " if defender == "you" else "their ") + p.label.split(" ", 1)[1]
         validate_mention_like(p)
     scenario.permanents = kept + new_perms
-    return ParsedQuestion(scenario, min(fresh.confidence + 0.3, 1.0))
+    ask, ask_confidence = detect_ask(normalise(question), True)
+    if ask_confidence >= 1.0 and ask != "block_legal":
+        scenario.ask = ask
+    return ParsedQuestion(scenario, 1.0, fresh.notes)
 
 
 def validate_mention_like(p: Permanent) -> None:

@@ -249,3 +249,24 @@ def unmodeled_keyword_in(text: str) -> str | None:
         if re.search(rf"\b{re.escape(keyword)}\b", text):
             return keyword
     return None
+
+
+# Words a board question is made of besides its creatures; the parser counts the others (see
+# parser._unknown_word_penalty).
+KNOWN_WORDS = frozenset(
+    """
+    a an the my your their his her its our i you they he she we it me them him us this that these those
+    and or but so then if when what which who how much many does do did is are was were be been being will
+    would can could should may might to of in on at by for from with without into onto after before until
+    end turn attack attacks attacking attacked attacker swing swings swinging block blocks blocking blocked
+    blocker chump double triple gang unblocked nobody nothing no not don't doesn't isn't didn't can't
+    damage combat deal deals dealt take takes taking get gets got gain gains gained lose loses lost life
+    total poison counter counters loyalty defense planeswalker walker battle player opponent opponents
+    die dies died survive survives destroyed dead kill kills trade trades win wins happen happens happened
+    power toughness pt stats size big final new base becomes become became make makes made set switch
+    switched swap swapped spell spells effect another other one also still just only already marked
+    creature creatures token tokens legendary same name control controls have has had there here now
+    over through trample tramples goes go left remain remains much lethal assign assigns assigned
+    first second strike strikes each both all any every legal allowed able
+    """.split()
+)

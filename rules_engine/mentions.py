@@ -168,6 +168,9 @@ def _right_item(tokens: list[Token], j: int, m: Mention, in_with: bool, ceiling:
         m.plus += counters[0]
         m.minus += counters[1]
         return counters[2]
+    negated = _negated_keyword(tokens, j)
+    if negated:
+        return negated
     if kw:
         m.keywords.append(kw[0])
         return 1
@@ -187,10 +190,25 @@ def _right_item(tokens: list[Token], j: int, m: Mention, in_with: bool, ceiling:
             keyword_at(tokens, j + 1)
             or counter_phrase(tokens, j + 1)
             or follow[0].text in ("protection", "toxic", "with")
+            or (len(follow) == 2 and follow[0].text.isdigit() and follow[1].text == "damage")
         ):
             return 1
         return 0
     return _with_clause_item(tokens, j, m, in_with, nxt)
+
+
+def _negated_keyword(tokens: list[Token], j: int) -> int:
+    """Tokens used by "without flying", "doesn't have flying", "that has no trample" (nothing is added)."""
+    words = [t.text for t in tokens[j : j + 3]]
+    lead = 2 if words[:2] in (["doesn't", "have"], ["does", "not"], ["has", "no"]) else 1
+    if words[0] not in ("without", "lacks", "lacking", "doesn't", "does", "has", "no"):
+        return 0
+    if words[0] in ("does", "has") and lead == 1:
+        return 0
+    if words[:3] == ["does", "not", "have"]:
+        lead = 3
+    kw = keyword_at(tokens, j + lead) if j + lead < len(tokens) else None
+    return lead + kw[1] if kw else 0
 
 
 def _with_clause_item(tokens: list[Token], j: int, m: Mention, in_with: bool, nxt: str) -> int:

@@ -17,7 +17,15 @@ from rules_engine.boardfacts import read_effects, read_players, read_target
 from rules_engine.build import build_scenario
 from rules_engine.cards import CardFacts, substitute_cards
 from rules_engine.errors import NotUnderstood
-from rules_engine.lexicon import OUT_OF_SCOPE, normalise, tokenize, unmodeled_keyword_in
+from rules_engine.lexicon import (
+    KNOWN_WORDS,
+    OUT_OF_SCOPE,
+    Token,
+    keyword_at,
+    normalise,
+    tokenize,
+    unmodeled_keyword_in,
+)
 from rules_engine.mentions import Mention, extract_mentions
 from rules_engine.model import Scenario, Step
 from rules_engine.roles import Roles, assign_controllers, assign_roles
@@ -67,8 +75,44 @@ def parse_question(question: str, cards: CardDatabase | None = None) -> ParsedQu
     read_players(norm, scenario)
     read_target(norm, scenario)
     _name_defender(scenario)
-    confidence -= 0.3 * strays + _role_penalty(scenario, roles, is_combat)
+    if not is_combat:
+        _check_board_question(scenario, mentions)
+    confidence -= (
+        0.3 * strays + _role_penalty(scenario, roles, is_combat) + _unknown_word_penalty(tokens, mentions)
+    )
     return ParsedQuestion(scenario, round(max(0.0, confidence), 2), notes)
+
+
+def _check_board_question(scenario: Scenario, mentions: list[Mention]) -> None:
+    """Without combat the calculator answers P/T and state-based-action questions about one creature (or
+    copies of one legendary): anything else has nothing for it to compute."""
+    if scenario.ask not in ("pt", "counters", "deaths"):
+        raise NotUnderstood(f"{scenario.ask} question without combat")
+    if len(mentions) != 1:
+        raise NotUnderstood("several creatures without combat")
+    perm = scenario.permanents[0]
+    legend = len(scenario.permanents) > 1 and perm.legendary and perm.card_name
+    changed = perm.effects or perm.plus_counters or perm.minus_counters or perm.damage or perm.toughness <= 0
+    if not (legend or changed):
+        raise NotUnderstood("nothing to compute about the creature")
+
+
+def _unknown_word_penalty(tokens: list[Token], mentions: list[Mention]) -> float:
+    """Questions with many words the grammar doesn't know are about something else too."""
+    inside = {i for m in mentions for i in range(m.start, m.end)}
+    outside = [i for i in range(len(tokens)) if i not in inside]
+    # An ability the grammar couldn't attach to a creature: whose it is, is a guess.
+    floating = sum(
+        1
+        for i in outside
+        if (keyword_at(tokens, i) or tokens[i].text in ("protection", "toxic"))
+        and not (i + 1 < len(tokens) and tokens[i + 1].text == "damage")  # "how much trample damage"
+    )
+    words = [tokens[i].text for i in outside if tokens[i].text[0].isalpha()]
+    if not words:
+        return 0.3 * floating
+    unknown = sum(1 for w in words if w not in KNOWN_WORDS and w.rstrip("s") not in KNOWN_WORDS)
+    return 0.3 * floating + max(0.0, unknown / len(words) - 0.35)
 
 
 def _name_defender(scenario: Scenario) -> None:

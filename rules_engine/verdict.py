@@ -13,6 +13,12 @@ def sentence(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def a_pt(power: int, toughness: int) -> str:
+    """ "a 6/6", "an 8/8", "an 11/11"."""
+    article = "an" if str(power).startswith("8") or str(power) in ("11", "18") else "a"
+    return f"{article} {power}/{toughness}"
+
+
 def _join(items: list[str]) -> str:
     if len(items) <= 1:
         return "".join(items)
@@ -172,9 +178,9 @@ def board_verdict(ask: str, board: Board) -> tuple[str, dict[str, Any]]:
     }
     dies = (scenario.subject or 0) in board.dead
     if ask == "counters":
-        text = f"{subject.label} ends up with {subject.plus_counters} +1/+1 and {subject.minus_counters} -1/-1 counters, as a {power}/{toughness}."
+        text = f"{subject.label} ends up with {subject.plus_counters} +1/+1 and {subject.minus_counters} -1/-1 counters, as {a_pt(power, toughness)}."
     elif ask == "pt" or (not out["deaths"] and not out["lost"]):
-        text = f"{subject.label} is a {power}/{toughness}."
+        text = f"{subject.label} is {a_pt(power, toughness)}."
         if dies:
             text = text.rstrip(".") + ", so it dies."
     else:
