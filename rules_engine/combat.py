@@ -183,6 +183,7 @@ def _assign_attacker(
         split = [power]
     else:
         split = _split_to_kill(power, needs)
+        board.split_choice |= any(n < need for n, need in zip(split, needs, strict=True))
     result = [(a, b, n) for b, n in zip(alive, split, strict=True) if n > 0]
     for b, n in zip(alive, split, strict=True):
         pending[b] = pending.get(b, 0) + n

@@ -31,6 +31,8 @@ class Board:
     lost: list[Controller] = field(default_factory=list)
     target_damage: int = 0
     target_gone: bool = False
+    split_choice: bool = False
+    """An attacker split its damage among blockers and couldn't destroy them all: its controller's choice."""
     spared: set[int] = field(default_factory=set)
     """Indestructible permanents already reported as surviving in this check."""
 

@@ -61,6 +61,10 @@ def combat_verdict(ask: str, out: dict[str, Any], board: Board) -> str:
     for who in out["lost"]:
         loser, ls = _who(who)
         text = text.rstrip(".") + f"; {loser} lose{ls} the game."
+    if board.split_choice and ask in ("deaths", "outcome", "creature_damage", "counters"):
+        text = (
+            text.rstrip(".") + " (if the attacker splits its damage to destroy as many blockers as it can)."
+        )
     return sentence(text)
 
 
