@@ -209,11 +209,11 @@ def progress_preview(lead: Lead | None, words: int) -> str:
 
 
 def answer_body(answer: Answer) -> str:
-    """The answer's description: the deciding rule first, then the verdict, the checked prose or why there
-    is none, and any note."""
-    parts = [lead_block(answer.lead)] if answer.lead else []
-    if answer.verdict:
-        parts.append(f"**{discord.utils.escape_markdown(answer.verdict)}**")
+    """The answer's description: the calculator's verdict when it answered, the deciding rule, then the
+    checked prose (or why there is none, or the calculator's steps), and any note."""
+    parts = [f"**{discord.utils.escape_markdown(answer.verdict)}**"] if answer.verdict else []
+    if answer.lead:
+        parts.append(lead_block(answer.lead))
     parts.append(answer.text.strip() or "(no answer text)")
     if answer.note:
         parts.append(f"*{answer.note}*")

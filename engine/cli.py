@@ -109,9 +109,9 @@ def format_sources(answer: Answer) -> str:
 
 
 def format_body(answer: Answer) -> str:
-    """What follows the lead: the verdict, the prose (or why none is shown), the experts, other sources."""
-    parts = [answer.verdict] if answer.verdict else []
-    parts.append(answer.text)
+    """What follows the lead: the prose (or why none is shown, or the calculator's steps), the experts, the
+    other sources."""
+    parts = [answer.text]
     if answer.note:
         parts.append(f"Note: {answer.note}")
     if answer.experts and answer.passages:
@@ -123,9 +123,13 @@ def format_body(answer: Answer) -> str:
 
 
 def format_answer(answer: Answer, bold: bool = False) -> str:
-    """The whole answer as text: the deciding rule first, then the rest (``format_body``)."""
+    """The whole answer as text: the calculator's verdict when it answered, the deciding rule, then the
+    rest (``format_body``)."""
+    verdict = (
+        f"{click.style(answer.verdict, bold=True) if bold else answer.verdict}\n\n" if answer.verdict else ""
+    )
     lead = f"{format_lead(answer.lead, bold)}\n\n" if answer.lead else ""
-    return lead + format_body(answer)
+    return verdict + lead + format_body(answer)
 
 
 async def _answer(engine: LocalEngine, request: AnswerRequest, out: TextIO, stream: bool) -> Answer:

@@ -159,6 +159,8 @@ class LocalEngine:
     async def end_session(self, session_id: str) -> None:
         await asyncio.to_thread(self.conversations.end, session_id)  # a disk write: off the loop
         runner = self._runner
+        if runner is not None:
+            runner.pipeline.scenarios.end(session_id)
         if isinstance(runner, BatchRunner):
             runner.sessions.end(session_id)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.api import Answer, AnswerRequest, Expert
+from engine.calculator import Calculated, ScenarioMemory, calculate
 from engine.errors import AdapterError, InvalidRequest
 from engine.grounding import allowed_rule_numbers, guard_text
 from engine.language import check_english
@@ -38,13 +39,13 @@ from engine.prompts import (
     trim_history,
 )
 from engine.support import check_support
+from knowledge.models import RetrievalResult
 
 if TYPE_CHECKING:
     from engine.router import Router
     from knowledge.base import KnowledgeBase
     from knowledge.context import AssembledContext
     from knowledge.lead import Lead, LeadSelector
-    from knowledge.models import RetrievalResult
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +63,14 @@ NOT_FOUND = (
     "I found no rule or card text that answers this. If you know the rule or the card, "
     "look it up with /rule (e.g. /rule 702.19b) or /card."
 )
-RELEVANCE_THRESHOLD = 0.18
+RELEVANCE_THRESHOLD = 0.12
 """Least cosine between the question and the lead's best sentence for the answer to quote anything.
 
-Calibrated on questions built from the rules (each CR example's situation, which the rules answer) against
-off-topic questions (training/data/offtopic_questions.txt): see training.relevance_calibration and
-docs/BENCHMARKS.md. Never on the evaluation question sets."""
+Calibrated (``training.relevance_calibration``, figures in docs/BENCHMARKS.md) on questions built from the
+rules (CR example situations and glossary terms asked about) against off-topic questions
+(training/data/offtopic_questions.txt): the highest threshold that keeps 98% of the rules' questions; it
+turns away about two thirds of the off-topic ones. A real question wrongly turned away costs more than an
+off-topic one answered with a plainly unrelated rule. Never calibrated on the evaluation question sets."""
 
 
 def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> AnswerRequest:
@@ -137,6 +140,21 @@ class Turn:
     """The rule or ruling that decides the question (shown first); None when nothing relevant was found."""
     opening: str = ""
     """The start of the answer, written for the model (it continues from it): it names the lead rule."""
+    calculated: Calculated | None = None
+    """The rules calculator's answer to a board-state question: then no prose is generated."""
+
+    @property
+    def generates(self) -> bool:
+        """Whether the model writes this turn's prose (not when nothing relevant was found, nor when the
+        calculator answered)."""
+        return self.lead is not None and self.calculated is None
+
+    @property
+    def fixed_text(self) -> str:
+        """The answer text of a turn the model does not write (what the conversation remembers)."""
+        if self.calculated is None:
+            return ""
+        return "\n".join(filter(None, [self.calculated.verdict, self.calculated.steps_text]))
 
     @property
     def answerable(self) -> bool:
@@ -174,6 +192,8 @@ class AnswerPipeline:
         self.relevance_threshold = relevance_threshold
         self.open_with_lead = open_with_lead
         """Start the model's answer with the lead rule's number (a server with its own template: off)."""
+        self.scenarios = ScenarioMemory()
+        """Each conversation's last calculator scenario, for follow-ups that change it."""
 
     @property
     def lead_selector(self) -> LeadSelector:
@@ -253,11 +273,17 @@ class AnswerPipeline:
         clock = time.perf_counter()
 
         history = trim_history(history, self.history_chars)
-        query = self.retrieval_query(request.question, history)
-        results = self.knowledge.search(query, k=self.retrieve_k)
-        clock = _lap(timings, "retrieve", clock)
-
-        lead = self.find_lead(query, results)
+        calculated = calculate(self.knowledge, request.question, self.scenarios.get(request.session_id))
+        clock = _lap(timings, "calculator", clock)
+        if calculated is not None:  # a board-state question: the calculator's rules are the sources
+            self.scenarios.put(request.session_id, calculated.solution.scenario)
+            results = [RetrievalResult(p, 1.0, frozenset({"calculator"})) for p in calculated.passages]
+            lead = self.lead_selector.select(request.question, results, ranked=False)
+        else:
+            query = self.retrieval_query(request.question, history)
+            results = self.knowledge.search(query, k=self.retrieve_k)
+            clock = _lap(timings, "retrieve", clock)
+            lead = self.find_lead(query, results)
         clock = _lap(timings, "lead", clock)
         if lead is None:
             results = []  # nothing is about the question: quote nothing rather than unrelated rules
@@ -267,7 +293,9 @@ class AnswerPipeline:
         context = self.knowledge.assemble(results, self.context_tokens, self.count_tokens)
         messages = build_messages(experts, request.question, context.text, history)
         input_ids = encode_messages(self.tokenizer, messages)
-        opening = answer_opening(lead.passage) if lead is not None and self.open_with_lead else ""
+        opening = ""
+        if lead is not None and calculated is None and self.open_with_lead:
+            opening = answer_opening(lead.passage)
         if opening:
             input_ids += self.tokenizer(opening, add_special_tokens=False)["input_ids"]
         _lap(timings, "assemble", clock)
@@ -286,6 +314,7 @@ class AnswerPipeline:
             timings_ms=timings,
             lead=lead,
             opening=opening,
+            calculated=calculated,
         )
 
     def finish(
@@ -317,7 +346,10 @@ class AnswerPipeline:
             text_cites=report.kept,
             lead=turn.lead,
         )
-        if turn.lead is not None:
+        if turn.calculated is not None:
+            answer.verdict, answer.text = turn.calculated.verdict, turn.calculated.steps_text
+            answer.text_cites, answer.support = list(turn.calculated.solution.rules), "calculator"
+        elif turn.lead is not None:
             support = check_support(guarded, [p.text for p in passages], turn.request.question, report.kept)
             answer.support = support.reason
             answer.prose_shown = support.shown

