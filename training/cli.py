@@ -102,6 +102,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Train expert LoRA adapters (validated; promoted only when better), the router, or the fusion."""
+        from hexcore.state_lock import state_lock
+
         modes = sum([bool(experts), all_experts, router, fusion])
         if modes == 0 and resume is None:
             raise click.UsageError(
@@ -109,6 +111,36 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             )
         if modes > 1:
             raise click.UsageError("use one of --expert, --all, --router, --fusion")
+        if resume is not None and (config_file is not None or len(experts) > 1 or all_experts or fusion):
+            raise click.UsageError(
+                "--resume continues one run with its own config; it takes no --config or --all"
+            )
+        with state_lock(_settings().paths.state_dir, "hexcore train"):
+            _train(
+                experts,
+                all_experts,
+                router,
+                fusion,
+                config_file,
+                resume,
+                max_steps,
+                epochs,
+                no_promote,
+                as_json,
+            )
+
+    def _train(
+        experts: tuple[str, ...],
+        all_experts: bool,
+        router: bool,
+        fusion: bool,
+        config_file: Path | None,
+        resume: Path | None,
+        max_steps: int | None,
+        epochs: int | None,
+        no_promote: bool,
+        as_json: bool,
+    ) -> None:
         settings = _settings()
         if router:
             _train_router(settings, as_json)
@@ -117,10 +149,6 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         overrides = {"max_steps": max_steps, "epochs": epochs}
         if resume is not None:
-            if config_file is not None or len(experts) > 1 or all_experts or fusion:
-                raise click.UsageError(
-                    "--resume continues one run with its own config; it takes no --config or --all"
-                )
             outcome = train_expert(
                 settings,
                 experts[0] if experts else None,
@@ -160,6 +188,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         settings = _settings()
         config = load_training_config(settings, config_file)
         expert, val = held_out_for(settings, adapter_dir, expert, config)
+        check_adapter_dir(adapter_dir, expert)  # garbage files fail here, before the base model loads
         loaded = load_base_model(settings.engine, settings.paths)
         serving = AdapterStore.from_settings(settings).serving(expert)
         report = validate_adapter(
@@ -232,8 +261,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def promote(expert: str, version: str) -> None:
         """Serve VERSION for EXPERT (atomic; the previous one can be rolled back to)."""
         from engine.adapter_store import AdapterStore
+        from hexcore.state_lock import state_lock
 
-        done = AdapterStore.from_settings(_settings()).promote(expert, version)
+        settings = _settings()
+        with state_lock(settings.paths.state_dir, "adapters promote"):
+            done = AdapterStore.from_settings(settings).promote(expert, version)
         click.echo(f"{expert} now serves {done.version}")
 
     @adapters.command("rollback")
@@ -242,8 +274,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def rollback(expert: str) -> None:
         """Serve EXPERT's previous serving version again."""
         from engine.adapter_store import AdapterStore
+        from hexcore.state_lock import state_lock
 
-        done = AdapterStore.from_settings(_settings()).rollback(expert)
+        settings = _settings()
+        with state_lock(settings.paths.state_dir, "adapters rollback"):
+            done = AdapterStore.from_settings(settings).rollback(expert)
         click.echo(f"{expert} rolled back to {done.version}")
 
     @adapters.command("export")
@@ -303,6 +338,22 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(
             f"  A wins on {result.a_win_rate:.0%} of {result.a.examples} examples; winner: {result.winner}"
         )
+
+
+def check_adapter_dir(adapter_dir: Path, expert: str) -> None:
+    """Read and check ADAPTER_DIR's files as serving would (config, weights, checksum); AdapterError if not
+    an adapter. Needs torch and peft, not the base model: seconds, not the minutes a model load takes."""
+    from engine.adapter_store import AdapterVersion, read_adapter_files
+    from engine.api import Expert
+
+    meta: dict[str, Any] = {}
+    try:
+        loaded = json.loads((adapter_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass
+    target = AdapterVersion(Expert(expert), adapter_dir.name, adapter_dir, meta)
+    read_adapter_files(target, max_rank=1 << 16)
 
 
 def _train_router(settings: Any, as_json: bool) -> None:
