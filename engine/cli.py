@@ -200,7 +200,7 @@ def _check_request(request: AnswerRequest, settings: Settings) -> None:
     try:
         validate_request(request, settings.engine.max_new_tokens)
     except InvalidRequest as exc:
-        raise UsageProblem(f"{exc} Usage: hexcore ask \"QUESTION\"") from None
+        raise UsageProblem(f'{exc} Usage: hexcore ask "QUESTION"') from None
 
 
 # ---------------------------------------------------------------------------------------------- chat
