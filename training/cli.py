@@ -186,9 +186,9 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from training.validation import validate_adapter
 
         settings = _settings()
+        check_adapter_dir(adapter_dir)  # garbage files fail here, before the data and the base model load
         config = load_training_config(settings, config_file)
         expert, val = held_out_for(settings, adapter_dir, expert, config)
-        check_adapter_dir(adapter_dir, expert)  # garbage files fail here, before the base model loads
         loaded = load_base_model(settings.engine, settings.paths)
         serving = AdapterStore.from_settings(settings).serving(expert)
         report = validate_adapter(
@@ -340,11 +340,13 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         )
 
 
-def check_adapter_dir(adapter_dir: Path, expert: str) -> None:
-    """Read and check ADAPTER_DIR's files as serving would (config, weights, checksum); AdapterError if not
-    an adapter. Needs torch and peft, not the base model: seconds, not the minutes a model load takes."""
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """Read and check ADAPTER_DIR's files as serving would (config, weights, checksum); TrainingError if it
+    is no adapter. Needs torch and peft, not the base model: seconds, not the minutes a model load takes."""
     from engine.adapter_store import AdapterVersion, read_adapter_files
     from engine.api import Expert
+    from engine.errors import AdapterError
+    from training.errors import TrainingError
 
     meta: dict[str, Any] = {}
     try:
@@ -352,8 +354,44 @@ def check_adapter_dir(adapter_dir: Path, expert: str) -> None:
         meta = loaded if isinstance(loaded, dict) else {}
     except (OSError, ValueError):
         pass
-    target = AdapterVersion(Expert(expert), adapter_dir.name, adapter_dir, meta)
-    read_adapter_files(target, max_rank=1 << 16)
+    target = AdapterVersion(Expert.REASON, adapter_dir.name, adapter_dir, meta)  # the expert is not checked
+    try:
+        _check_adapter_headers(target)  # milliseconds: garbage fails before torch and peft are imported
+        read_adapter_files(target, max_rank=1 << 16)
+    except AdapterError as exc:
+        reason = exc.reason.removeprefix(f"{target.version}: ")
+        raise TrainingError(f"{adapter_dir} is not a usable adapter: {reason}") from None
+
+
+def _check_adapter_headers(target: Any) -> None:
+    """Both peft files present, the config a JSON object, the weights a safetensors file (its header)."""
+    import struct
+
+    from engine.adapter_store import CONFIG_FILE, REQUIRED_FILES, WEIGHTS_FILE
+    from engine.errors import AdapterError
+
+    def fail(reason: str) -> AdapterError:
+        return AdapterError(target.expert.value, reason)
+
+    missing = [name for name in REQUIRED_FILES if not (target.path / name).is_file()]
+    if missing:
+        raise fail(f"it lacks {', '.join(missing)}")
+    try:
+        config = json.loads((target.path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise fail(f"{CONFIG_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise fail(f"{CONFIG_FILE} is not a JSON object")
+    try:
+        with open(target.path / WEIGHTS_FILE, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = (
+                json.loads(fh.read(min(size, 100_000_000)).decode("utf-8")) if size < 100_000_000 else None
+            )
+    except (OSError, ValueError, struct.error) as exc:
+        raise fail(f"{WEIGHTS_FILE} is not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise fail(f"{WEIGHTS_FILE} is not a safetensors file (bad header)")
 
 
 def _train_router(settings: Any, as_json: bool) -> None:
