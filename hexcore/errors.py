@@ -102,21 +102,37 @@ class HexcoreGroup(click.Group):
     """The root group: errors no command handled become one line and the exit code of the rule."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from pydantic import ValidationError
-        from pydantic_settings import SettingsError
-
         try:
             return super().invoke(ctx)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (ValidationError, SettingsError) as exc:
-            fail(describe_settings_error(exc), USAGE)
-        except HexcoreError as exc:
-            fail(str(exc), exc.exit_code)
-        except EOFError as exc:  # click would print a bare "Aborted!" for it
-            _unexpected(ctx, exc)
-        except Exception as exc:
-            _unexpected(ctx, exc)
+        except Exception as exc:  # EOFError included: click would print a bare "Aborted!" for it
+            known = classify(exc)
+            if known is None:
+                _unexpected(ctx, exc)
+            fail(*known)
+
+
+def classify(exc: BaseException) -> tuple[str, int] | None:
+    """(message, exit code) for the errors whose messages are written for users, else None.
+
+    Invalid settings (2), Hexcore's own errors (their code), and the typed errors of the engine, the
+    knowledge layer and training (1; an invalid request 2)."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from engine.errors import EngineError, InvalidRequest
+    from knowledge.errors import KnowledgeError
+    from training.errors import TrainingError
+
+    if isinstance(exc, ValidationError | SettingsError):
+        return describe_settings_error(exc), USAGE
+    if isinstance(exc, HexcoreError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, EngineError | KnowledgeError | TrainingError):
+        message = str(exc) or getattr(exc, "user_message", "") or type(exc).__name__
+        return message, USAGE if isinstance(exc, InvalidRequest) else FAILURE
+    return None
 
 
 def _unexpected(ctx: click.Context, exc: BaseException) -> NoReturn:

@@ -313,17 +313,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         settings = _settings()
         store = AdapterStore.from_settings(settings)
-        config = load_training_config(settings)
 
         def where(x: str) -> Path | None:
             if x == "base":
                 return None
             return Path(x) if Path(x).is_dir() else store.get(expert, x).path
 
+        first, second = where(a), where(b)  # an unknown version fails before the data set and the model
+        config = load_training_config(settings)
         val = build_expert_dataset(settings, expert, config=config).val
         result = compare(
-            where(a),
-            where(b),
+            first,
+            second,
             val,
             load_base_model(settings.engine, settings.paths),
             experts=[expert],
