@@ -3,7 +3,6 @@ on a copy of it, configured through the environment as a user configures it."""
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,13 +12,9 @@ from click.testing import CliRunner, Result
 
 from hexcore.settings import get_settings
 from tests.hexcore.state_support import RELEASE, build_state, copy_state, hash_embeddings
+from tests.reliability import CASES, EXITS
 
 SETTINGS_PREFIXES = ("HEXCORE_", "DISCORD_TOKEN")
-
-CASES: Counter[str] = Counter()
-"""Malformed-input cases run this session, by layer (reported at the end of the run)."""
-EXITS: Counter[int | str] = Counter()
-"""Exit codes of the CLI cases."""
 
 SLOW_LOADS = {
     "engine.cli": "_engine",
@@ -45,13 +40,6 @@ def no_slow_loads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for module, name in SLOW_LOADS.items():
         monkeypatch.setattr(importlib.import_module(module), name, stop)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if CASES:
-        parts = ", ".join(f"{layer} {n}" for layer, n in sorted(CASES.items()))
-        exits = ", ".join(f"{code}: {n}" for code, n in sorted(EXITS.items(), key=str))
-        terminalreporter.write_line(f"reliability layer: {parts}; CLI exit codes {exits}")
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from hexcore.settings import (
     Settings,
     TrainingSettings,
 )
-from tests.hexcore.conftest import CASES, Hexcore, assert_clean
+from tests.hexcore.conftest import Hexcore, assert_clean
+from tests.reliability import CASES
 
 SECTIONS: tuple[type[BaseSettings], ...] = (
     PathSettings,

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.hexcore.conftest import CASES, Hexcore, assert_clean
+from tests.hexcore.conftest import Hexcore, assert_clean
 from tests.hexcore.state_support import ENCODER, snapshot
+from tests.reliability import CASES
 
 NPZ = f"index/embeddings/{ENCODER.model_id}.npz"
 KNOWLEDGE_FILES = [
