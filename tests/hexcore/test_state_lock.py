@@ -113,3 +113,17 @@ def test_writing_commands_take_the_lock(hexcore, args: tuple[str, ...], action: 
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_nightly_retraining_takes_the_lock_too(tmp_path: Path) -> None:
+    from bot.scheduler import default_retrain
+    from hexcore.settings import PathSettings, Settings
+
+    proc = _holding_process(tmp_path, "hexcore train")
+    try:
+        settings = Settings(paths=PathSettings(state_dir=tmp_path, data_dir=tmp_path / "data"))
+        with pytest.raises(StateLocked, match=f"another hexcore train is running \\(pid {proc.pid}"):
+            default_retrain(settings, None, [])
+    finally:
+        proc.kill()
+        proc.wait()
