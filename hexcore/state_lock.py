@@ -64,9 +64,8 @@ class StateLocked(HexcoreError):
             who = "another hexcore command is writing"
         else:
             who = f"another {holder.action} is running (pid {holder.pid}, since {holder.started})"
-        super().__init__(
-            f"{who} on the state dir {state_dir}; wait for it to finish, then run {action} again."
-        )
+        super().__init__(f"{who} on the state dir {state_dir}; wait for it to finish and try again.")
+        self.action = action
 
 
 class StateDirUnwritable(HexcoreError):

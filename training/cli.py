@@ -115,7 +115,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             raise click.UsageError(
                 "--resume continues one run with its own config; it takes no --config or --all"
             )
-        with state_lock(_settings().paths.state_dir, "hexcore train"):
+        with state_lock(_settings().paths.state_dir, "training run"):
             _train(
                 experts,
                 all_experts,
@@ -264,7 +264,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from hexcore.state_lock import state_lock
 
         settings = _settings()
-        with state_lock(settings.paths.state_dir, "adapters promote"):
+        with state_lock(settings.paths.state_dir, "adapter promotion"):
             done = AdapterStore.from_settings(settings).promote(expert, version)
         click.echo(f"{expert} now serves {done.version}")
 
@@ -277,7 +277,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from hexcore.state_lock import state_lock
 
         settings = _settings()
-        with state_lock(settings.paths.state_dir, "adapters rollback"):
+        with state_lock(settings.paths.state_dir, "adapter rollback"):
             done = AdapterStore.from_settings(settings).rollback(expert)
         click.echo(f"{expert} rolled back to {done.version}")
 

@@ -45,7 +45,7 @@ def test_a_held_lock_refuses_others_and_names_the_holder(tmp_path: Path) -> None
             pass
         message = str(info.value)
         assert f"another index build is running (pid {proc.pid}" in message
-        assert "run adapters promote again" in message and str(tmp_path) in message
+        assert "wait for it to finish and try again" in message and str(tmp_path) in message
         assert info.value.exit_code == 1
         assert holder(tmp_path).pid == proc.pid
     finally:
@@ -90,16 +90,17 @@ def test_a_state_dir_that_cannot_be_created_is_one_clear_error(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(
-    ("args", "action"),
+    "args",
     [
-        (("index", "build"), "index build"),
-        (("adapters", "promote", "reason", "v0"), "adapters promote"),
-        (("adapters", "rollback", "reason"), "adapters rollback"),
-        (("train", "--router"), "hexcore train"),
-        (("data", "update"), "data update"),
+        ("index", "build"),
+        ("adapters", "promote", "reason", "v0"),
+        ("adapters", "rollback", "reason"),
+        ("train", "--router"),
+        ("data", "update"),
     ],
+    ids=" ".join,
 )
-def test_writing_commands_take_the_lock(hexcore, args: tuple[str, ...], action: str) -> None:
+def test_writing_commands_take_the_lock(hexcore, args: tuple[str, ...]) -> None:
     from tests.hexcore.conftest import assert_clean
 
     proc = _holding_process(hexcore.state, "index build")
@@ -108,7 +109,7 @@ def test_writing_commands_take_the_lock(hexcore, args: tuple[str, ...], action: 
         result = hexcore(*args, env={"HEXCORE_DATA_DIR": str(hexcore.state.parent / "data")})
         assert_clean(result, codes=(1,))
         assert f"another index build is running (pid {proc.pid}" in result.stderr
-        assert f"run {action} again" in result.stderr
+        assert "wait for it to finish and try again" in result.stderr
         assert (hexcore.state / "adapters" / "reason" / "serving.json").read_bytes() == before
     finally:
         proc.kill()
@@ -119,10 +120,10 @@ def test_nightly_retraining_takes_the_lock_too(tmp_path: Path) -> None:
     from bot.scheduler import default_retrain
     from hexcore.settings import PathSettings, Settings
 
-    proc = _holding_process(tmp_path, "hexcore train")
+    proc = _holding_process(tmp_path, "training run")
     try:
         settings = Settings(paths=PathSettings(state_dir=tmp_path, data_dir=tmp_path / "data"))
-        with pytest.raises(StateLocked, match=f"another hexcore train is running \\(pid {proc.pid}"):
+        with pytest.raises(StateLocked, match=f"another training run is running \\(pid {proc.pid}"):
             default_retrain(settings, None, [])
     finally:
         proc.kill()
