@@ -129,47 +129,6 @@ def register(main: click.Group, eval_group: click.Group) -> None:
                 as_json,
             )
 
-    def _train(
-        experts: tuple[str, ...],
-        all_experts: bool,
-        router: bool,
-        fusion: bool,
-        config_file: Path | None,
-        resume: Path | None,
-        max_steps: int | None,
-        epochs: int | None,
-        no_promote: bool,
-        as_json: bool,
-    ) -> None:
-        settings = _settings()
-        if router:
-            _train_router(settings, as_json)
-            return
-        from training.pipeline import load_training_config, retrain_fusion, train_expert
-
-        overrides = {"max_steps": max_steps, "epochs": epochs}
-        if resume is not None:
-            outcome = train_expert(
-                settings,
-                experts[0] if experts else None,
-                resume=resume,
-                promote=not no_promote,
-                overrides=overrides,
-            )
-            _echo_outcome(outcome, as_json)
-            return
-        config = load_training_config(settings, config_file).replace(**overrides)
-        if fusion:
-            _echo_outcome(retrain_fusion(settings, config=config, promote=not no_promote), as_json)
-            return
-        from engine.model_loader import load_base_model
-
-        loaded = load_base_model(settings.engine, settings.paths)
-        for name in EXPERT_NAMES if all_experts else experts:
-            _echo_outcome(
-                train_expert(settings, name, config=config, loaded=loaded, promote=not no_promote), as_json
-            )
-
     @main.command("validate")
     @click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
     @click.option(
@@ -338,6 +297,49 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         )
         click.echo(
             f"  A wins on {result.a_win_rate:.0%} of {result.a.examples} examples; winner: {result.winner}"
+        )
+
+
+def _train(
+    experts: tuple[str, ...],
+    all_experts: bool,
+    router: bool,
+    fusion: bool,
+    config_file: Path | None,
+    resume: Path | None,
+    max_steps: int | None,
+    epochs: int | None,
+    no_promote: bool,
+    as_json: bool,
+) -> None:
+    """``hexcore train`` once its options are checked and the state dir is locked."""
+    settings = _settings()
+    if router:
+        _train_router(settings, as_json)
+        return
+    from training.pipeline import load_training_config, retrain_fusion, train_expert
+
+    overrides = {"max_steps": max_steps, "epochs": epochs}
+    if resume is not None:
+        outcome = train_expert(
+            settings,
+            experts[0] if experts else None,
+            resume=resume,
+            promote=not no_promote,
+            overrides=overrides,
+        )
+        _echo_outcome(outcome, as_json)
+        return
+    config = load_training_config(settings, config_file).replace(**overrides)
+    if fusion:
+        _echo_outcome(retrain_fusion(settings, config=config, promote=not no_promote), as_json)
+        return
+    from engine.model_loader import load_base_model
+
+    loaded = load_base_model(settings.engine, settings.paths)
+    for name in EXPERT_NAMES if all_experts else experts:
+        _echo_outcome(
+            train_expert(settings, name, config=config, loaded=loaded, promote=not no_promote), as_json
         )
 
 
