@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import re
 import sys
 from typing import Any
 
@@ -34,9 +35,23 @@ def read_token() -> str:
     return token
 
 
-def fail(line: str) -> None:
+TOKEN_SHAPE = re.compile(r"[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}")
+"""A bot token: base64url user id, timestamp and signature joined by dots (checked before the engine loads)."""
+
+
+def check_token_shape(token: str) -> None:
+    """Exit 2 with one line when ``token`` cannot be a bot token: found before minutes of loading the model,
+    and never sent in an HTTP header (a newline or non-ASCII character there raised inside aiohttp)."""
+    if not TOKEN_SHAPE.fullmatch(token):
+        fail(
+            "error: DISCORD_TOKEN does not look like a bot token (three parts joined by dots, as the Bot page "
+            f"of the Discord developer portal shows it); {TOKEN_HELP}"
+        )
+
+
+def fail(line: str, code: int = 2) -> None:
     click.echo(line, err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 async def _optional_service(module: str, factory: str, *args: Any) -> Any:
@@ -81,6 +96,8 @@ async def run_bot(token: str) -> None:
         fail(f"error: Discord rejected the bot token: {TOKEN_HELP}")
     except discord.PrivilegedIntentsRequired:
         fail("error: enable the Message Content intent for this bot in the Discord developer portal")
+    except (OSError, discord.GatewayNotFound, discord.HTTPException) as exc:  # network down, Discord down
+        fail(f"error: cannot reach Discord ({type(exc).__name__}: {exc}); check the network and try again", 1)
     finally:
         if scheduler is not None and hasattr(scheduler, "close"):  # before the store: a run records its end
             await scheduler.close()
@@ -95,11 +112,15 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def bot_command() -> None:
         """Run the Discord bot (needs DISCORD_TOKEN)."""
         token = read_token()
+        check_token_shape(token)
+        from engine.errors import EngineError
         from knowledge.errors import DataMissing
 
         try:
             asyncio.run(run_bot(token))
         except DataMissing as exc:
             fail(f"error: {exc}")
+        except EngineError as exc:  # the model or the index could not load: the run failed (1)
+            fail(f"error: {exc}", 1)
         except KeyboardInterrupt:
             pass

@@ -55,9 +55,14 @@ def utcnow() -> dt.datetime:
 
 def default_retrain(settings: Any, experts: list[str] | None, examples: list[dict]) -> Any:
     """The real pipeline, imported only when a run starts (it pulls in torch and peft)."""
-    from training.pipeline import run_retraining
+    from hexcore.state_lock import state_lock
 
-    return run_retraining(settings, experts, examples)
+    # The state dir's lock, as `hexcore train` takes it: a run while a CLI train, promote or index build
+    # writes the same state dir fails at once ("another ... is running (pid N)") and is recorded as failed.
+    with state_lock(settings.paths.state_dir, "nightly retraining"):
+        from training.pipeline import run_retraining
+
+        return run_retraining(settings, experts, examples)
 
 
 @dataclass

@@ -173,17 +173,32 @@ class AdapterStore:
         except (OSError, ValueError):
             return {"unreadable_meta": True}
 
-    def _read_pointer(self, expert: Expert) -> dict[str, Any]:
+    def _read_pointer(self, expert: Expert, repair: bool = False) -> dict[str, Any]:
+        """The expert's serving pointer. A damaged one raises AdapterError saying how to repair it, or with
+        ``repair`` (promote writes a new pointer anyway) is moved aside and read as empty."""
         file = self.expert_dir(expert) / SERVING_FILE
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
+            problem = _pointer_problem(data)
         except FileNotFoundError:
             return {}
+        except IsADirectoryError:
+            problem, repair = "is a folder", False
+        except PermissionError as exc:  # not damaged: fix the permissions, nothing to move aside
+            problem, repair = f"is unreadable: {exc.strerror}", False
         except (OSError, ValueError) as exc:
-            raise AdapterError(expert.value, f"serving pointer {file} is unreadable: {exc}") from exc
-        if not isinstance(data, dict):
-            raise AdapterError(expert.value, f"serving pointer {file} is not a JSON object")
-        return data
+            problem = f"is unreadable: {exc}"
+        if problem is None:
+            return data
+        if repair:
+            from hexcore.damaged import move_aside
+
+            if move_aside(file, problem, "promote writes a new one (history starts afresh)") is not None:
+                return {}
+        raise AdapterError(
+            expert.value,
+            f"serving pointer {file} {problem}; repair it with `hexcore adapters promote {expert.value} VERSION`",
+        )
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -248,7 +263,7 @@ class AdapterStore:
         expert = to_expert(expert)
         target = self.get(expert, version)
         with self._lock:
-            pointer = self._read_pointer(expert)
+            pointer = self._read_pointer(expert, repair=True)
             current = pointer.get("serving")
             history = list(pointer.get("history", []))
             if current == version:
@@ -274,6 +289,18 @@ class AdapterStore:
     def _write_pointer(self, expert: Expert, version: str, history: list[str], action: str) -> None:
         data = {"serving": version, "history": history, "updated": _now(), "action": action}
         _write_json_atomic(self.expert_dir(expert) / SERVING_FILE, data)
+
+
+def _pointer_problem(data: Any) -> str | None:
+    """What is wrong with a parsed serving pointer, or None."""
+    if not isinstance(data, dict):
+        return "is not a JSON object"
+    serving, history = data.get("serving"), data.get("history", [])
+    if serving is not None and not isinstance(serving, str):
+        return "has a 'serving' that is not a version name"
+    if not isinstance(history, list) or not all(isinstance(v, str) for v in history):
+        return "has a 'history' that is not a list of version names"
+    return None
 
 
 def _save_peft_model(model: Any, target: Path, adapter_name: str | None) -> None:

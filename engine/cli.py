@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from engine.api import Answer, AnswerRequest, Expert, LeadFound
+from hexcore.errors import UsageProblem
 from hexcore.imports import keep_bitsandbytes_out
 
 if TYPE_CHECKING:
@@ -196,7 +197,9 @@ def ask_command(
         max_new_tokens=max_new_tokens,
     )
     streaming = _stream_default(stream, as_json)
-    engine = _engine(_settings(), quiet)
+    settings = _settings()
+    _check_request(request, settings)
+    engine = _engine(settings, quiet)
 
     async def main() -> Answer:
         try:
@@ -210,6 +213,17 @@ def ask_command(
         click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
     elif not streaming:
         click.echo(format_answer(answer, bold=sys.stdout.isatty()))
+
+
+def _check_request(request: AnswerRequest, settings: Settings) -> None:
+    """The engine's own request checks, run before the model loads: a bad question is a usage error (2)."""
+    from engine.errors import InvalidRequest
+    from engine.pipeline import validate_request
+
+    try:
+        validate_request(request, settings.engine.max_new_tokens)
+    except InvalidRequest as exc:
+        raise UsageProblem(f'{exc} Usage: hexcore ask "QUESTION"') from None
 
 
 # ---------------------------------------------------------------------------------------------- chat

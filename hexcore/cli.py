@@ -1,5 +1,8 @@
 """The ``hexcore`` command. Each package adds its commands through ``register(main, eval_group)``.
 
+Failures follow one rule (hexcore.errors): one line on stderr, exit code 2 for bad input or settings, 1 for
+a failed run; no traceback unless ``-vv``.
+
 Heavy imports (torch, FAISS, discord) happen inside the commands, so ``hexcore --help`` is instant.
 """
 
@@ -15,6 +18,8 @@ import warnings
 
 import click
 
+from hexcore.errors import HexcoreGroup
+
 COMMAND_MODULES = ("knowledge.cli", "engine.cli", "bot.cli", "training.cli", "evaluation.cli")
 
 
@@ -24,7 +29,7 @@ LIBRARY_NOISE = (
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HexcoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """Hexcore: a Magic: The Gathering rules assistant grounded in the Comprehensive Rules."""

@@ -43,15 +43,22 @@ class PathSettings(BaseSettings):
     model_cache: Path | None = None
     """Converted embedded model (safetensors + tokenizer); default state_dir/models/smollm2-135m-instruct."""
 
-    @field_validator("data_dir", "state_dir")
+    @field_validator("data_dir", "state_dir", "model_cache")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _expand(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        try:
+            return value.expanduser().resolve()
+        except (
+            RuntimeError
+        ) as exc:  # "~nosuchuser/x": a ValueError names the variable, a RuntimeError did not
+            raise ValueError(f"cannot expand {str(value)!r}: {exc}") from None
 
     @property
     def model_cache_dir(self) -> Path:
         if self.model_cache is not None:
-            return self.model_cache.expanduser().resolve()
+            return self.model_cache
         return self.state_dir / "models" / "smollm2-135m-instruct"
 
     @property

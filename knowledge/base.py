@@ -276,7 +276,10 @@ class KnowledgeBase:
             graph = KnowledgeGraph.build(self.doc, self.card_list)
             graph.g.graph["cards_sha256"] = digest
             self.events.append("graph: built")
-        _try(lambda: graph.save(self.graph_path), f"the knowledge graph to {self.graph_path}")
+        if force:  # `hexcore index build`: saving is the point, so a failed save fails the build
+            graph.save(self.graph_path)
+        else:
+            _try(lambda: graph.save(self.graph_path), f"the knowledge graph to {self.graph_path}")
         return graph
 
     def _load_index(self, force: bool = False, reuse_embeddings: bool = True) -> KnowledgeIndex:
@@ -294,7 +297,7 @@ class KnowledgeBase:
             self.settings,
             doc=self.doc,
             cards=self.card_list,
-            embedder=caching or embedder,
+            embedder=caching if caching is not None else embedder,  # an empty cache is falsy (__len__)
             progress=self.progress,
             force=force,
         )

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hexcore.errors import UsageProblem
 from hexcore.imports import keep_bitsandbytes_out
 
 UNBUDGETED_MS = 1e9
@@ -130,7 +131,9 @@ def data_update(data_dir: Path | None) -> None:
             err=True,
         )
         sys.exit(2)
-    with _knowledge_errors():
+    from hexcore.state_lock import state_lock
+
+    with _knowledge_errors(), state_lock(settings.paths.state_dir, "data update"):
         report = update_data(
             target,
             rules_page_url=settings.knowledge.rules_page_url,
@@ -156,11 +159,12 @@ def index() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the build report as JSON.")
 def index_build(fresh: bool, as_json: bool) -> None:
     """Rebuild the knowledge graph and the vector index from the current data (always from scratch)."""
+    from hexcore.state_lock import state_lock
     from knowledge.base import KnowledgeBase
 
     keep_bitsandbytes_out()
     settings = _settings()
-    with _knowledge_errors():
+    with _knowledge_errors(), state_lock(settings.paths.state_dir, "index build"):
         try:
             report = KnowledgeBase.build(settings, progress=not as_json, reuse_embeddings=not fresh)
         except OSError as exc:
@@ -190,6 +194,8 @@ def index_stats() -> None:
 @click.argument("number")
 def rule_command(number: str) -> None:
     """Print a rule with all its sub-rules, as printed, and the release it is quoted from."""
+    if not number.strip():
+        raise UsageProblem("the rule number is empty: give one, e.g. hexcore rule 702.19b")
     with _knowledge_errors():
         click.echo(_load(lazy=True).format_rule(number))
 
@@ -200,6 +206,8 @@ def card_command(name: tuple[str, ...]) -> None:
     """Print a card's oracle text (every face); nicknames and near misses work ("jace tms")."""
     from knowledge.card_names import format_card
 
+    if not " ".join(name).strip():
+        raise UsageProblem('the card name is empty: give one, e.g. hexcore card "jace tms"')
     with _knowledge_errors():
         click.echo(format_card(_load(lazy=True).card(" ".join(name))))
 
@@ -248,9 +256,12 @@ def format_result(rank: int, result: RetrievalResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of results.")
 def search_command(query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_json: bool) -> None:
     """Ranked rules, glossary, card and ruling passages for QUERY, with citations."""
+    text = " ".join(" ".join(query).split())
+    if not text:
+        raise UsageProblem("the search query is empty: say what to search for, e.g. hexcore search trample")
     with _knowledge_errors():
         results = _load(lazy=True, progress=not as_json, unbudgeted=True).search(
-            " ".join(query), k=k, kinds=kinds or None
+            text, k=k, kinds=kinds or None
         )
     if as_json:
         click.echo(json.dumps([result_json(r) for r in results], indent=2, ensure_ascii=False))
@@ -275,12 +286,16 @@ def search_command(query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_js
 @click.option("--json", "as_json", is_flag=True, help="Print the report with per-question results as JSON.")
 def eval_retrieval(qa_path: Path | None, k: int, as_json: bool) -> None:
     """Retrieval recall@k over rule passages: overall, per difficulty, and the misses."""
-    from knowledge.recall import evaluate_recall, load_questions
+    from knowledge.recall import evaluate_recall, gold_rules, load_questions
 
     settings = _settings()
     qa = qa_path or settings.paths.data_dir / "qa" / "quiz-dev.jsonl"
     with _knowledge_errors():
-        load_questions(qa)  # a missing or malformed file fails now, not after loading the index
+        rows = load_questions(qa)  # a missing or malformed file fails now, not after loading the index
+        if not any(gold_rules(row) for row in rows):
+            what = "no questions" if not rows else "no question with gold rules (rule_refs or gold_cr_rules)"
+            click.echo(f"error: {qa} has {what}: nothing to measure recall on", err=True)
+            sys.exit(1)
         kb = _load(lazy=False, progress=not as_json, unbudgeted=True)
         report = evaluate_recall(kb, qa, k=k)
     if as_json:

@@ -17,11 +17,14 @@ import os
 import re
 import tempfile
 import threading
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from hexcore.damaged import move_aside
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +65,25 @@ class CachingEmbedder:
 
     def _load(self) -> None:
         try:
-            with np.load(self.path) as data:
+            with np.load(self.path, allow_pickle=False) as data:
                 keys, vectors = data["keys"], data["vectors"]
         except FileNotFoundError:
             return
-        except (OSError, ValueError, KeyError) as exc:  # a broken cache only costs time: start afresh
+        except PermissionError as exc:  # not damaged, only unreadable to us: leave it where it is
             log.warning("ignoring unreadable embedding cache %s: %s", self.path, exc)
             return
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or keys.shape != (len(vectors), 32):
-            log.warning(
-                "ignoring embedding cache %s: shape %s does not fit dim %d",
-                self.path,
-                vectors.shape,
-                self.dim,
-            )
+        # A broken cache only costs time: keep it aside and start afresh. A truncated .npz raises
+        # BadZipFile or EOFError, a non-.npz ValueError or an unpickling error, a wrong one KeyError.
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+            move_aside(self.path, exc, "embedding afresh")
+            return
+        if (
+            vectors.ndim != 2
+            or vectors.shape[1] != self.dim
+            or keys.shape != (len(vectors), 32)
+            or not np.issubdtype(vectors.dtype, np.floating)
+        ):
+            move_aside(self.path, f"shape {vectors.shape} does not fit dim {self.dim}", "embedding afresh")
             return
         self._vectors = {k.tobytes(): v for k, v in zip(keys, vectors, strict=True)}
 

@@ -20,7 +20,7 @@ class UnknownRule(KnowledgeError):
         self.number = number
         self.nearest = nearest
         hint = f" Nearest: {', '.join(nearest)}." if nearest else ""
-        super().__init__(f"No rule {number} in the Comprehensive Rules.{hint}")
+        super().__init__(f"No rule {_shown(number)} in the Comprehensive Rules.{hint}")
 
 
 class UnknownCard(KnowledgeError):
@@ -28,7 +28,7 @@ class UnknownCard(KnowledgeError):
         self.name = name
         self.suggestions = suggestions
         hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"No card named {name!r}.{hint}")
+        super().__init__(f"No card named {_shown(name)!r}.{hint}")
 
 
 class StaleIndex(KnowledgeError):
@@ -37,3 +37,9 @@ class StaleIndex(KnowledgeError):
 
 class UpdateError(KnowledgeError):
     """The data update failed; the previous data is still in place."""
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """User input as an error message repeats it: a pasted page stays one short line."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"

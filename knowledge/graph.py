@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
+import tempfile
+import zlib
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -459,25 +462,44 @@ class KnowledgeGraph:
         data["graph"] = {**self.g.graph, "format": FORMAT_VERSION}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as fh:
-            json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-        tmp.replace(path)  # never leave a half-written graph behind
+        # A temp file of its own (two builds on one state dir must not write the same one), renamed into
+        # place only once complete: never a half-written graph behind.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as fh:
+                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
+            os.chmod(tmp, 0o644)
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     @classmethod
     def load(cls, path: str | Path) -> KnowledgeGraph:
+        from hexcore.damaged import move_aside
         from knowledge.errors import DataMissing, StaleIndex
 
         try:
             with gzip.open(path, "rt", encoding="utf-8") as fh:
                 data = json.load(fh)
         except FileNotFoundError as exc:
-            raise DataMissing(f"No knowledge graph at {path}; build it with `hexcore data update`.") from exc
-        except (OSError, ValueError) as exc:
+            raise DataMissing(f"No knowledge graph at {path}; build it with `hexcore index build`.") from exc
+        except IsADirectoryError as exc:
+            raise StaleIndex(f"Knowledge graph {path} is a folder, not a file; rebuild it.") from exc
+        except PermissionError as exc:  # not damaged: nothing to move aside
             raise StaleIndex(f"Knowledge graph {path} is unreadable ({exc}); rebuild it.") from exc
-        if data.get("graph", {}).get("format") != FORMAT_VERSION:
+        except (OSError, ValueError, EOFError, zlib.error) as exc:  # truncated (EOFError), garbage, bad JSON
+            move_aside(path, exc)
+            raise StaleIndex(f"Knowledge graph {path} was damaged ({exc}); rebuild it.") from exc
+        meta = data.get("graph") if isinstance(data, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
             raise StaleIndex(f"Knowledge graph {path} has an old format; rebuild it.")
-        graph = nx.node_link_graph(data, directed=True, multigraph=True, edges="edges")
+        try:
+            graph = nx.node_link_graph(data, directed=True, multigraph=True, edges="edges")
+        except (KeyError, TypeError, ValueError, AttributeError, nx.NetworkXError) as exc:
+            move_aside(path, exc)
+            raise StaleIndex(f"Knowledge graph {path} was damaged ({exc!r}); rebuild it.") from exc
         graph.graph.pop("format", None)
         return cls(graph)
 

@@ -80,7 +80,10 @@ ALL = "all"
 
 def gold_rules(row: Mapping) -> list[str]:
     """A question's gold rule numbers: ``rule_refs`` (quiz-dev) or ``gold_cr_rules`` (multihop, definitions)."""
-    return [str(g) for g in (row.get("rule_refs") or row.get("gold_cr_rules") or [])]
+    refs = row.get("rule_refs") or row.get("gold_cr_rules") or []
+    if isinstance(refs, str | int | float):  # one rule written without a list
+        refs = [refs]
+    return [str(g) for g in refs] if isinstance(refs, list | tuple) else []
 
 
 def difficulty_of(row: Mapping) -> str:
@@ -94,6 +97,10 @@ def load_questions(qa_path: str | Path) -> list[dict]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as exc:
         raise DataMissing(f"Question file {path} not found.") from exc
+    except UnicodeDecodeError as exc:
+        raise DataMissing(f"Question file {path} is not UTF-8 text (JSON lines expected).") from exc
+    except OSError as exc:
+        raise DataMissing(f"Question file {path} cannot be read ({exc.strerror or exc}).") from exc
     rows = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -102,8 +109,10 @@ def load_questions(qa_path: str | Path) -> list[dict]:
             row = json.loads(line)
         except ValueError as exc:
             raise DataMissing(f"{path}:{n} is not JSON: {exc}") from exc
-        if "question" not in row:
-            raise DataMissing(f"{path}:{n} has no 'question' field")
+        if not isinstance(row, dict):
+            raise DataMissing(f"{path}:{n} is not a JSON object with a 'question' field")
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise DataMissing(f"{path}:{n} has no 'question' field (a non-empty string)")
         rows.append(row)
     return rows
 

@@ -279,7 +279,13 @@ def rule_sort_key(number: str) -> tuple[int, int, int, int, str]:
     head, rule, letters = match.groups()
     if len(head) == 1:
         return (int(head) * 100, -2, 0, 0, "")
-    return (int(head), int(rule) if rule is not None else -1, len(letters), 0, letters)
+    return (_bounded_int(head), _bounded_int(rule) if rule is not None else -1, len(letters), 0, letters)
+
+
+def _bounded_int(digits: str) -> int:
+    """int(digits), except that no real rule number is this long: a 5,000-digit "rule" typed by a user sorts
+    last instead of hitting Python's int-conversion limit (4,300 digits) with a ValueError."""
+    return int(digits) if len(digits) <= 18 else 10**18
 
 
 class RuleBook:

@@ -200,12 +200,14 @@ class VectorIndex:
                     p = _passage_from_json(json.loads(line))
                     by_kind.setdefault(p.citation.kind, []).append(p)
             indexes = {kind: faiss.read_index(str(directory / f"{kind}.faiss")) for kind in by_kind}
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            _move_damaged(directory, exc)
             raise StaleIndex(
                 f"The saved index in {directory} is unreadable ({exc}); it will be rebuilt."
             ) from exc
         for kind, stored in by_kind.items():
             if indexes[kind].ntotal != len(stored) or indexes[kind].d != index.dim:
+                _move_damaged(directory, f"{kind}: {indexes[kind].ntotal} vectors for {len(stored)} passages")
                 raise StaleIndex(
                     f"The saved index in {directory} is inconsistent ({kind}); it will be rebuilt."
                 )
@@ -216,11 +218,23 @@ class VectorIndex:
 def read_manifest(directory: str | Path) -> dict:
     path = Path(directory) / MANIFEST
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise StaleIndex(f"No saved index in {path.parent}; it will be built.") from exc
     except (OSError, ValueError) as exc:
+        _move_damaged(path.parent, exc)
         raise StaleIndex(f"The index manifest {path} is unreadable ({exc}); it will be rebuilt.") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("dim"), int):
+        _move_damaged(path.parent, "the manifest is not an index manifest")
+        raise StaleIndex(f"The index manifest {path} is damaged; it will be rebuilt.")
+    return manifest
+
+
+def _move_damaged(directory: Path, reason: object) -> None:
+    """A damaged saved index goes aside whole (``vectors.damaged``) rather than being overwritten."""
+    from hexcore.damaged import move_aside
+
+    move_aside(directory, reason)
 
 
 def build_vector_index(

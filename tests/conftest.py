@@ -87,3 +87,11 @@ def real_engine_settings(real_engine_state_dir: Path, data_dir: Path) -> Callabl
 def settings(tmp_path: Path, data_dir: Path) -> Settings:
     """Settings pointing at the real data and a fresh state dir under tmp_path."""
     return Settings(paths=PathSettings(data_dir=data_dir, state_dir=tmp_path / "state"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.reliability import summary
+
+    line = summary()
+    if line:
+        terminalreporter.write_line(line)

@@ -102,6 +102,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         as_json: bool,
     ) -> None:
         """Train expert LoRA adapters (validated; promoted only when better), the router, or the fusion."""
+        from hexcore.state_lock import state_lock
+
         modes = sum([bool(experts), all_experts, router, fusion])
         if modes == 0 and resume is None:
             raise click.UsageError(
@@ -109,37 +111,22 @@ def register(main: click.Group, eval_group: click.Group) -> None:
             )
         if modes > 1:
             raise click.UsageError("use one of --expert, --all, --router, --fusion")
-        settings = _settings()
-        if router:
-            _train_router(settings, as_json)
-            return
-        from training.pipeline import load_training_config, retrain_fusion, train_expert
-
-        overrides = {"max_steps": max_steps, "epochs": epochs}
-        if resume is not None:
-            if config_file is not None or len(experts) > 1 or all_experts or fusion:
-                raise click.UsageError(
-                    "--resume continues one run with its own config; it takes no --config or --all"
-                )
-            outcome = train_expert(
-                settings,
-                experts[0] if experts else None,
-                resume=resume,
-                promote=not no_promote,
-                overrides=overrides,
+        if resume is not None and (config_file is not None or len(experts) > 1 or all_experts or fusion):
+            raise click.UsageError(
+                "--resume continues one run with its own config; it takes no --config or --all"
             )
-            _echo_outcome(outcome, as_json)
-            return
-        config = load_training_config(settings, config_file).replace(**overrides)
-        if fusion:
-            _echo_outcome(retrain_fusion(settings, config=config, promote=not no_promote), as_json)
-            return
-        from engine.model_loader import load_base_model
-
-        loaded = load_base_model(settings.engine, settings.paths)
-        for name in EXPERT_NAMES if all_experts else experts:
-            _echo_outcome(
-                train_expert(settings, name, config=config, loaded=loaded, promote=not no_promote), as_json
+        with state_lock(_settings().paths.state_dir, "training run"):
+            _train(
+                experts,
+                all_experts,
+                router,
+                fusion,
+                config_file,
+                resume,
+                max_steps,
+                epochs,
+                no_promote,
+                as_json,
             )
 
     @main.command("validate")
@@ -158,6 +145,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         from training.validation import validate_adapter
 
         settings = _settings()
+        check_adapter_dir(adapter_dir)  # garbage files fail here, before the data and the base model load
         config = load_training_config(settings, config_file)
         expert, val = held_out_for(settings, adapter_dir, expert, config)
         loaded = load_base_model(settings.engine, settings.paths)
@@ -232,8 +220,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def promote(expert: str, version: str) -> None:
         """Serve VERSION for EXPERT (atomic; the previous one can be rolled back to)."""
         from engine.adapter_store import AdapterStore
+        from hexcore.state_lock import state_lock
 
-        done = AdapterStore.from_settings(_settings()).promote(expert, version)
+        settings = _settings()
+        with state_lock(settings.paths.state_dir, "adapter promotion"):
+            done = AdapterStore.from_settings(settings).promote(expert, version)
         click.echo(f"{expert} now serves {done.version}")
 
     @adapters.command("rollback")
@@ -242,8 +233,11 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     def rollback(expert: str) -> None:
         """Serve EXPERT's previous serving version again."""
         from engine.adapter_store import AdapterStore
+        from hexcore.state_lock import state_lock
 
-        done = AdapterStore.from_settings(_settings()).rollback(expert)
+        settings = _settings()
+        with state_lock(settings.paths.state_dir, "adapter rollback"):
+            done = AdapterStore.from_settings(settings).rollback(expert)
         click.echo(f"{expert} rolled back to {done.version}")
 
     @adapters.command("export")
@@ -278,17 +272,18 @@ def register(main: click.Group, eval_group: click.Group) -> None:
 
         settings = _settings()
         store = AdapterStore.from_settings(settings)
-        config = load_training_config(settings)
 
         def where(x: str) -> Path | None:
             if x == "base":
                 return None
             return Path(x) if Path(x).is_dir() else store.get(expert, x).path
 
+        first, second = where(a), where(b)  # an unknown version fails before the data set and the model
+        config = load_training_config(settings)
         val = build_expert_dataset(settings, expert, config=config).val
         result = compare(
-            where(a),
-            where(b),
+            first,
+            second,
             val,
             load_base_model(settings.engine, settings.paths),
             experts=[expert],
@@ -303,6 +298,103 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(
             f"  A wins on {result.a_win_rate:.0%} of {result.a.examples} examples; winner: {result.winner}"
         )
+
+
+def _train(
+    experts: tuple[str, ...],
+    all_experts: bool,
+    router: bool,
+    fusion: bool,
+    config_file: Path | None,
+    resume: Path | None,
+    max_steps: int | None,
+    epochs: int | None,
+    no_promote: bool,
+    as_json: bool,
+) -> None:
+    """``hexcore train`` once its options are checked and the state dir is locked."""
+    settings = _settings()
+    if router:
+        _train_router(settings, as_json)
+        return
+    from training.pipeline import load_training_config, retrain_fusion, train_expert
+
+    overrides = {"max_steps": max_steps, "epochs": epochs}
+    if resume is not None:
+        outcome = train_expert(
+            settings,
+            experts[0] if experts else None,
+            resume=resume,
+            promote=not no_promote,
+            overrides=overrides,
+        )
+        _echo_outcome(outcome, as_json)
+        return
+    config = load_training_config(settings, config_file).replace(**overrides)
+    if fusion:
+        _echo_outcome(retrain_fusion(settings, config=config, promote=not no_promote), as_json)
+        return
+    from engine.model_loader import load_base_model
+
+    loaded = load_base_model(settings.engine, settings.paths)
+    for name in EXPERT_NAMES if all_experts else experts:
+        _echo_outcome(
+            train_expert(settings, name, config=config, loaded=loaded, promote=not no_promote), as_json
+        )
+
+
+def check_adapter_dir(adapter_dir: Path) -> None:
+    """Read and check ADAPTER_DIR's files as serving would (config, weights, checksum); TrainingError if it
+    is no adapter. Needs torch and peft, not the base model: seconds, not the minutes a model load takes."""
+    from engine.adapter_store import AdapterVersion, read_adapter_files
+    from engine.api import Expert
+    from engine.errors import AdapterError
+    from training.errors import TrainingError
+
+    meta: dict[str, Any] = {}
+    try:
+        loaded = json.loads((adapter_dir / "meta.json").read_text(encoding="utf-8"))
+        meta = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass
+    target = AdapterVersion(Expert.REASON, adapter_dir.name, adapter_dir, meta)  # the expert is not checked
+    try:
+        _check_adapter_headers(target)  # milliseconds: garbage fails before torch and peft are imported
+        read_adapter_files(target, max_rank=1 << 16)
+    except AdapterError as exc:
+        reason = exc.reason.removeprefix(f"{target.version}: ")
+        raise TrainingError(f"{adapter_dir} is not a usable adapter: {reason}") from None
+
+
+def _check_adapter_headers(target: Any) -> None:
+    """Both peft files present, the config a JSON object, the weights a safetensors file (its header)."""
+    import struct
+
+    from engine.adapter_store import CONFIG_FILE, REQUIRED_FILES, WEIGHTS_FILE
+    from engine.errors import AdapterError
+
+    def fail(reason: str) -> AdapterError:
+        return AdapterError(target.expert.value, reason)
+
+    missing = [name for name in REQUIRED_FILES if not (target.path / name).is_file()]
+    if missing:
+        raise fail(f"it lacks {', '.join(missing)}")
+    try:
+        config = json.loads((target.path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise fail(f"{CONFIG_FILE} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise fail(f"{CONFIG_FILE} is not a JSON object")
+    try:
+        with open(target.path / WEIGHTS_FILE, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = (
+                json.loads(fh.read(min(size, 100_000_000)).decode("utf-8")) if size < 100_000_000 else None
+            )
+    except (OSError, ValueError, struct.error) as exc:
+        raise fail(f"{WEIGHTS_FILE} is not a safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise fail(f"{WEIGHTS_FILE} is not a safetensors file (bad header)")
 
 
 def _train_router(settings: Any, as_json: bool) -> None:

@@ -150,6 +150,21 @@ def test_corrupt_pointer_is_reported(store: AdapterStore, adapter_dir: Path) -> 
         store.serving(Expert.TEACH)
 
 
+@pytest.mark.parametrize(
+    "garbage", ['{"serving": "v0", "hist', "[]", '{"serving": 3}', '{"serving": "v0", "history": "v1"}']
+)
+def test_promote_repairs_a_corrupt_pointer(store: AdapterStore, adapter_dir: Path, garbage: str) -> None:
+    """Issue 14, item 10: a garbage serving.json could not be repaired with `hexcore adapters promote`."""
+    store.save_new(Expert.TEACH, adapter_dir)
+    pointer = store.expert_dir(Expert.TEACH) / SERVING_FILE
+    pointer.write_text(garbage)
+    with pytest.raises(AdapterError, match="repair it with `hexcore adapters promote teach VERSION`"):
+        store.serving(Expert.TEACH)
+    assert store.promote(Expert.TEACH, "v0").version == "v0"
+    assert store.serving(Expert.TEACH).version == "v0" and store.history(Expert.TEACH) == []
+    assert pointer.with_name("serving.json.damaged").read_text() == garbage  # kept, not deleted
+
+
 def test_concurrent_writers_get_distinct_versions(store: AdapterStore, adapter_dir: Path) -> None:
     results: list[str] = []
     errors: list[BaseException] = []

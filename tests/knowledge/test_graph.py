@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gzip
 from pathlib import Path
 
 import pytest
@@ -165,12 +166,47 @@ def test_save_load_round_trip(graph: KnowledgeGraph, tmp_path: Path) -> None:
 
 
 def test_load_errors(tmp_path: Path) -> None:
-    with pytest.raises(DataMissing, match="hexcore data update"):
+    with pytest.raises(DataMissing, match="hexcore index build"):
         KnowledgeGraph.load(tmp_path / "missing.json.gz")
     bad = tmp_path / "bad.json.gz"
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(StaleIndex):
         KnowledgeGraph.load(bad)
+    assert (tmp_path / "bad.json.gz.damaged").read_bytes() == b"not gzip at all"  # moved aside, not deleted
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated"),  # gzip raises EOFError (issue 14)
+        pytest.param(lambda raw: b"", id="empty"),
+        pytest.param(lambda raw: gzip.compress(b"[1, 2]"), id="json-not-an-object"),
+        pytest.param(lambda raw: gzip.compress(b'{"graph": {"format": 1}, "nodes": 3}'), id="wrong-shape"),
+        pytest.param(lambda raw: gzip.compress(b"\xff\xfe garbage"), id="not-utf8"),
+    ],
+)
+def test_a_damaged_graph_is_stale_and_kept_aside(tmp_path: Path, damage, rules_doc, card_list) -> None:
+    path = tmp_path / "graph.json.gz"
+    KnowledgeGraph.build(rules_doc, card_list[:3]).save(path)
+    damaged = damage(path.read_bytes())
+    path.write_bytes(damaged)
+    with pytest.raises(StaleIndex):
+        KnowledgeGraph.load(path)
+    if path.exists():  # an unreadable-format file stays (rebuilding overwrites it atomically)
+        assert path.read_bytes() == damaged
+    else:
+        assert (tmp_path / "graph.json.gz.damaged").read_bytes() == damaged
+
+
+def test_save_uses_a_temp_file_of_its_own(tmp_path: Path, rules_doc, card_list) -> None:
+    """Two builds on one state dir wrote the same graph.json.gz.tmp; one failed (issue 14, item 4)."""
+    path = tmp_path / "graph.json.gz"
+    (tmp_path / "graph.json.gz.tmp").write_text("another build's temp file")
+    graph = KnowledgeGraph.build(rules_doc, card_list[:3])
+    graph.save(path)
+    assert KnowledgeGraph.load(path).release == graph.release
+    assert (tmp_path / "graph.json.gz.tmp").read_text() == "another build's temp file"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left behind
 
 
 def test_update_rules_equals_fresh_build(rules_dir: Path) -> None:

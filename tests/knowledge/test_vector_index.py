@@ -116,9 +116,13 @@ def test_old_format_missing_and_corrupt_indexes_are_stale(small, tmp_path: Path)
     (target / "rule.faiss").write_bytes(b"not a faiss index")
     with pytest.raises(StaleIndex):
         VectorIndex.load(target)
+    aside = tmp_path / "vectors.damaged"  # a damaged index is moved aside whole, not overwritten
+    assert not target.exists() and (aside / "rule.faiss").read_bytes() == b"not a faiss index"
+    target = index.save(tmp_path / "vectors")
     (target / MANIFEST).write_text("{broken")
     with pytest.raises(StaleIndex, match="unreadable"):
         VectorIndex.load(target)
+    assert (aside / MANIFEST).read_text() == "{broken"  # the older damaged copy was replaced
 
 
 def test_search_during_add_from_another_thread() -> None:
