@@ -3,7 +3,8 @@
 The rules are the only large, authoritative text we have, so each expert's examples reframe them in the
 shape of the questions that expert answers. Every example carries the rule's own passage as its context,
 rendered exactly as retrieval renders it at serving time (``knowledge.context.render_passage``), and every
-answer cites the rule it uses ("(CR 702.19b)"), as the serving instructions demand.
+answer is rule-first, as served: it opens "Rule 702.19b says that ..." (the opening the engine starts each
+answer with, ``engine.prompts.ANSWER_OPENING``), restates the rule's first sentence, then applies it.
 
 * EXPLAIN  - glossary terms: "What does Trample mean?" -> the glossary definition, citing the rule it points
   to; keyword headings (701.x/702.x): "How does trample work?" -> the keyword's first sub-rules.
@@ -31,6 +32,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from engine.api import Expert
+from engine.prompts import ANSWER_OPENING
 from knowledge.context import render_passage
 from knowledge.models import Rule, RulesDocument
 from knowledge.passages import glossary_passages, is_heading_rule, rule_passages
@@ -71,6 +73,12 @@ def _cap(text: str) -> str:
             break
         out = f"{out} {sentence}".strip()
     return f"{out} {cite}".strip()
+
+
+def _says(number: str, text: str) -> str:
+    """How every answer opens, as served (``engine.prompts.ANSWER_OPENING``): the deciding rule by number,
+    then its first sentence restated, so the model learns to cite and restate rather than invent."""
+    return f"{ANSWER_OPENING.format(number=number)} {_lower_first(_first_sentence(text))}"
 
 
 def _first_sentence(text: str) -> str:
@@ -149,14 +157,20 @@ def explain_examples(src: _Source) -> Iterator[TrainingExample]:
         question = _pick(
             term, ("What does {t} mean?", "What is {t}?", "Explain {t}.", "Define {t} in Magic.")
         ).format(t=term)
-        yield src.example(
-            Expert.EXPLAIN, term, question, f"{term}: {definition} {cite}", context, f"term:{term.lower()}"
-        )
+        answer = f"{term}: {definition} {cite}"
+        if refs and refs[0] in src.doc.rules:  # rule-first, as served: the rule the entry points to, then it
+            answer = f"{_says(rule.number, rule.text)} {term}: {definition}"
+        yield src.example(Expert.EXPLAIN, term, question, answer, context, f"term:{term.lower()}")
     for rule in src.rules():
         if not (rule.number.startswith(("701.", "702.")) and is_heading_rule(rule) and rule.children):
             continue
         subs = [src.doc.rules[c] for c in rule.children[:2]]
-        body = " ".join(f"{_first_sentence(s.text)} (CR {s.number})" for s in subs)
+        body = " ".join(
+            [
+                _says(subs[0].number, subs[0].text),
+                *(f"{_first_sentence(s.text)} (CR {s.number})" for s in subs[1:]),
+            ]
+        )
         context = "\n\n".join(src.rule_context[s.number] for s in subs)
         name = rule.text.strip()
         question = _pick(
@@ -174,10 +188,10 @@ def reason_examples(src: _Source) -> Iterator[TrainingExample]:
                 rule.number + situation, ("What happens?", "How does this work out?", "How is this resolved?")
             )
         )
-        answer = f"First, CR {rule.number}: {_first_sentence(rule.text)} Applying it here: {outcome} (CR {rule.number})"
+        answer = f"{_says(rule.number, rule.text)} Applying it here: {outcome}"
         yield src.example(Expert.REASON, rule.number, question, answer, src.rule_context[rule.number])
     for rule, condition, consequence in _conditionals(src):
-        answer = f"CR {rule.number} applies: {_upper_first(consequence)} (CR {rule.number})"
+        answer = f"{_says(rule.number, rule.text)} So here, {_lower_first(consequence)}"
         yield src.example(
             Expert.REASON,
             rule.number,
@@ -194,7 +208,7 @@ def teach_examples(src: _Source) -> Iterator[TrainingExample]:
         subs = [src.doc.rules[c] for c in rule.children]
         first = subs[0]
         example = next((e for s in [rule, *subs] for e in s.examples), None)
-        answer = f"{_first_sentence(first.text)} (CR {first.number})"
+        answer = _says(first.number, first.text)
         context = src.rule_context[first.number]
         if example:
             holder = next(s for s in [rule, *subs] if example in s.examples)
@@ -213,7 +227,7 @@ def teach_examples(src: _Source) -> Iterator[TrainingExample]:
         yield src.example(Expert.TEACH, rule.number, question, answer, context)
     for rule, situation, outcome in _worked_examples(src):
         question = f"I'm still learning. Can you walk me through CR {rule.number} with an example?"
-        answer = f"{_first_sentence(rule.text)} (CR {rule.number}) For example: {situation} {_first_sentence(outcome)}"
+        answer = f"{_says(rule.number, rule.text)} For example: {situation} {_first_sentence(outcome)}"
         yield src.example(
             Expert.TEACH,
             rule.number,
@@ -233,7 +247,7 @@ def predict_examples(src: _Source) -> Iterator[TrainingExample]:
             Expert.PREDICT,
             rule.number,
             question,
-            f"{outcome} This follows from CR {rule.number}.",
+            f"{_says(rule.number, rule.text)} So here: {outcome}",
             src.rule_context[rule.number],
         )
     for rule, condition, consequence in _conditionals(src):
@@ -242,7 +256,7 @@ def predict_examples(src: _Source) -> Iterator[TrainingExample]:
             Expert.PREDICT,
             rule.number,
             question,
-            f"{_upper_first(consequence)} (CR {rule.number})",
+            f"{_says(rule.number, rule.text)} So {_lower_first(consequence)}",
             src.rule_context[rule.number],
         )
 
@@ -250,11 +264,11 @@ def predict_examples(src: _Source) -> Iterator[TrainingExample]:
 def retrospect_examples(src: _Source) -> Iterator[TrainingExample]:
     for rule, situation, outcome in _worked_examples(src):
         question = f"In my last game: {situation} {outcome} Did we play that right?"
-        answer = f"Yes, that was right. CR {rule.number}: {_first_sentence(rule.text)}"
+        answer = f"{_says(rule.number, rule.text)} So yes, that was right."
         yield src.example(Expert.RETROSPECT, rule.number, question, answer, src.rule_context[rule.number])
     for rule, condition, consequence in _conditionals(src):
         question = f"Last game, {_lower_first(condition)}, and we ruled: {_lower_first(consequence)} Was that correct?"
-        answer = f"Yes, that ruling was correct. CR {rule.number}: {_first_sentence(rule.text)}"
+        answer = f"{_says(rule.number, rule.text)} So yes, that ruling was correct."
         yield src.example(Expert.RETROSPECT, rule.number, question, answer, src.rule_context[rule.number])
 
 

@@ -23,7 +23,7 @@ from training.errors import DatasetError, EvaluationDataError
 from training.examples import TrainingExample, assert_trainable, read_examples, write_csv, write_jsonl
 from training.rules_data import rules_examples, split_sentences
 
-_CITE = re.compile(r"CR (\d{3}(?:\.\d+[a-z]?)?)\b")
+_CITE = re.compile(r"(?:CR|Rule) (\d{3}(?:\.\d+[a-z]?)?)\b")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,10 @@ def test_rules_examples_are_grounded_in_their_context(doc: RulesDocument, expert
         assert example.experts == (expert.value,) and example.source == f"rules:{doc.effective_date}"
         cited = _CITE.findall(example.answer)
         assert cited or example.answer.endswith(")") and "(Glossary: " in example.answer, example.answer
+        # rule-first, as served: an answer with a rule opens with it ("Rule 702.19b says that ...")
+        assert example.answer.startswith(("Rule ", example.question.split()[-1].rstrip("?.") + ":")) or (
+            "(Glossary: " in example.answer
+        ), example.answer
         # every rule an answer cites is quoted in its context, with the release, as retrieval renders it
         for number in cited:
             assert (
@@ -56,17 +60,19 @@ def test_each_expert_gets_its_own_framing(doc: RulesDocument) -> None:
         if e.question
         in ("What is Trample?", "What does Trample mean?", "Explain Trample.", "Define Trample in Magic.")
     )
-    assert trample.answer.startswith(
-        "Trample: A keyword ability that modifies how a creature assigns combat damage."
-    )
-    assert "(CR 702.19)" in trample.answer and "See rule" not in trample.answer
+    assert trample.answer.startswith("Rule 702.19a says that trample is a static ability")
+    assert "Trample: A keyword ability that modifies how a creature assigns combat damage." in trample.answer
+    assert "See rule" not in trample.answer
     assert (
         "[CR 702.19a" in trample.context
     )  # the heading rule's first sub-rule, not the bare "Trample" heading
-    assert any(e.answer.startswith("First, CR 702.19c:") for e in by_expert[Expert.REASON])
+    assert any(
+        e.answer.startswith("Rule 702.19c says that") and "Applying it here:" in e.answer
+        for e in by_expert[Expert.REASON]
+    )
     assert any("trample" in e.question and "For example:" in e.answer for e in by_expert[Expert.TEACH])
     assert all(e.question.endswith("?") for e in by_expert[Expert.PREDICT])
-    assert all(e.answer.startswith("Yes") for e in by_expert[Expert.RETROSPECT])
+    assert all("So yes, that" in e.answer for e in by_expert[Expert.RETROSPECT])
 
 
 def test_sentences_never_split_inside_a_quoted_ability() -> None:
