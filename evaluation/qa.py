@@ -28,9 +28,23 @@ from evaluation.scoring import Encoder
 from knowledge.recall import ALL, difficulty_of, gold_rules
 
 QUALITY_METRICS = ("citation_recall", "citation_precision", "entity_recall", "similarity", "keyword_f1")
-USER_METRICS = ("lead_precision", "prose_shown", "shown_prose_cites")
+USER_METRICS = ("lead_precision", "prose_shown", "shown_prose_cites", "calculator")
 """What a user sees first: the lead rule is a gold rule (or its family), prose is shown, shown prose cites."""
 MEAN_METRICS = (*QUALITY_METRICS, "keyword_recall", "keyword_precision", "prose_cites", *USER_METRICS)
+BOARD_STATE_TAGS = frozenset(
+    {
+        "combat",
+        "blocking",
+        "multiple-blockers",
+        "damage-assignment",
+        "power-toughness",
+        "counters",
+        "layers",
+        "state-based-actions",
+        "life-total",
+    }
+)
+"""Question tags (quiz-dev.jsonl) of board-state questions: the calculator's coverage is counted over these."""
 SAMPLE_ANSWERS = 8
 """Answers printed side by side with the reference answers in the Markdown report."""
 PLOT_METRICS = {
@@ -88,6 +102,10 @@ class QuestionResult:
     """Generated prose that was not shown (failed the support check), for reading the report."""
     support: str | None = None
     verdict: str | None = None
+    calculator: float | None = None
+    """1.0 when the rules calculator answered (the answer has a verdict), else 0.0."""
+    board_state: bool = False
+    """Tagged as a board-state question (``BOARD_STATE_TAGS``)."""
     error: str | None = None
     """``ErrorType: message`` when generation failed; the quality fields then stay None."""
 
@@ -157,8 +175,21 @@ class QAReport:
             "experts": self.experts,
             "max_new_tokens": self.max_new_tokens,
             "summary": self.summary.to_json(),
+            "calculator": self.calculator_coverage(),
             "by_difficulty": {name: group.to_json() for name, group in self.by_difficulty.items()},
             "results": [asdict(r) for r in self.results],
+        }
+
+    def calculator_coverage(self) -> dict[str, int | float | None]:
+        """How many questions the calculator answered: of all, and of the board-state ones."""
+        answered = [r for r in self.results if r.error is None]
+        board = [r for r in answered if r.board_state]
+        taken = sum(bool(r.calculator) for r in board)
+        return {
+            "taken": sum(bool(r.calculator) for r in answered),
+            "board_state_questions": len(board),
+            "board_state_taken": taken,
+            "board_state_coverage": taken / len(board) if board else None,
         }
 
     def to_markdown(self, sample: int = SAMPLE_ANSWERS) -> str:
@@ -209,6 +240,12 @@ class QAReport:
         cites = s.metrics["shown_prose_cites"]
         if cites.defined and cites.mean is not None:
             parts.append(f"shown prose cites a quoted rule in {cites.mean:.0%}")
+        calc = self.calculator_coverage()
+        if calc["taken"]:
+            parts.append(
+                f"calculator answered {calc['taken']} ({calc['board_state_taken']} of "
+                f"{calc['board_state_questions']} board-state questions)"
+            )
         if s.latency_p50_s is not None:
             parts.append(
                 f"latency p50 {s.latency_p50_s:.2f} s, p95 {s.latency_p95_s:.2f} s, max {s.latency_max_s:.2f} s"
@@ -254,6 +291,7 @@ def _result_for(index: int, row: Mapping) -> QuestionResult:
         reference=str(reference) if reference else None,
         gold_rules=gold_rules(row),
         gold_entities=[str(e) for e in row.get("gold_entities") or []],
+        board_state=bool(BOARD_STATE_TAGS & set(row.get("tags") or [])),
     )
 
 
@@ -352,6 +390,7 @@ async def _ask(engine: Engine, request: AnswerRequest, result: QuestionResult) -
         }
     result.prose_shown = answer.prose_shown
     result.draft, result.support, result.verdict = answer.draft, answer.support, answer.verdict
+    result.calculator = float(answer.verdict is not None)
     result.citations = [{"id": c.id, "kind": c.kind, "release": c.release} for c in answer.citations]
     result.experts = [e.value for e in answer.experts]
     result.generated_tokens = answer.generated_tokens

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import AnswerRequest, Expert
+from engine.api import Answer, AnswerRequest, Expert
 from engine.errors import GenerationError
 from evaluation.qa import LATENCY_PLOT, QUALITY_PLOT, QAReport, evaluate_qa, percentile, write_plots
 from knowledge.models import Citation, Passage
@@ -282,3 +282,34 @@ def test_percentile_is_a_measured_value() -> None:
     assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 0.95) == 95.0
     assert percentile([5.0], 0.95) == 5.0
+
+
+async def test_calculator_answers_are_counted_over_board_state_questions(fake_data: FakeData) -> None:
+    rows = [
+        {"id": "b1", "question": ROWS[0]["question"], "rule_refs": ["501.1"], "tags": ["combat"]},
+        {"id": "b2", "question": ROWS[1]["question"], "rule_refs": ["505.6a"], "tags": ["power-toughness"]},
+        {"id": "o", "question": ROWS[4]["question"], "gold_cr_rules": ["606.3"], "tags": ["stack"]},
+    ]
+
+    class Calculating(ScriptedEngine):
+        async def generate(self, request):
+            async for event in super().generate(request):
+                if isinstance(event, Answer) and request.question == ROWS[0]["question"]:
+                    event.verdict = "You take 3 damage."
+                yield event
+
+    report = await evaluate_qa(Calculating(fake_data), rows, embedder=None)
+    assert [r.calculator for r in report.results] == [1.0, 0.0, 0.0]
+    assert [r.board_state for r in report.results] == [True, True, False]
+    assert report.calculator_coverage() == {
+        "taken": 1,
+        "board_state_questions": 2,
+        "board_state_taken": 1,
+        "board_state_coverage": 0.5,
+    }
+    assert report.to_json()["calculator"]["board_state_coverage"] == 0.5
+    assert (
+        report.results[0].verdict == "You take 3 damage."
+        and "verdict: You take 3 damage." in report.to_markdown()
+    )
+    assert "calculator answered 1 (1 of 2 board-state questions)" in report.totals_line()
