@@ -74,8 +74,20 @@ ASK_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
 ]
 
 
+# "I assign 3 to the 2/3 and 2 to the 3/3: is that legal?" asks to check a split the player chose, which the
+# calculator does not model (it makes the usual choice itself): answering "the block is legal" would answer
+# another question, so such questions take the normal path.
+_CHOSEN_SPLIT = re.compile(
+    r"\b(legal|allowed|can|could|may)\b[^?]*\bassign|"
+    r"\b(assign\w*|puts?|split\w*|divid\w*)\b[^?]*\b(legal|allowed|okay|ok|fine)\b|"
+    r"\bdamage assignment\b"
+)
+
+
 def detect_ask(norm: str, is_combat: bool) -> tuple[str, float]:
     """(ask, confidence): the first pattern that matches; a question with no recognisable ask is refused."""
+    if _CHOSEN_SPLIT.search(norm):
+        return "chosen_split", 0.0
     for ask, pattern in ASK_PATTERNS:
         if pattern.search(norm):
             if ask == "block_legal" and not is_combat:
