@@ -248,7 +248,12 @@ class GameTermMatcher:
 class QuestionAnalyzer:
     """Cards, game terms and concepts of a question. ``card_db`` and ``term_matcher`` are optional."""
 
-    def __init__(self, card_db=None, term_matcher=None, known_rules: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, card_db=None, term_matcher=None, known_rules: Iterable[str] | None = None, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled
+        """False: only the glossary/keyword terms and the cards the caller found (the retriever before
+        question understanding; benchmarks compare the two)."""
         self.card_db = card_db
         self.term_matcher = term_matcher
         self.game_terms = GameTermMatcher(known=known_rules)
@@ -256,6 +261,10 @@ class QuestionAnalyzer:
 
     def analyze(self, text: str, card_names: list[str] | None = None) -> QuestionAnalysis:
         analysis = QuestionAnalysis(text=text)
+        if not self.enabled:
+            analysis.cards = list(card_names or [])
+            analysis.terms = self.term_matcher.find(text) if self.term_matcher is not None else []
+            return analysis
         analysis.quoted = [q.strip() for q in _QUOTED.findall(text)]
         cards = list(card_names or [])
         for quote in analysis.quoted:

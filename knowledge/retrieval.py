@@ -145,6 +145,7 @@ class HybridRetriever:
         probe_interval_s: float = 5.0,
         reranker=None,
         rerank: bool = True,
+        understanding: bool = True,
     ) -> None:
         self.passages = list(passages)
         self.vector_index = vector_index
@@ -169,7 +170,7 @@ class HybridRetriever:
         )
         self.terms = TermMatcher.build(self.bm25, self.doc, graph, self.weights.term_min_idf)
         known = [n for n in self.doc.rules if rule_key(n) in self._by_key] if self.doc is not None else None
-        self.analyzer = QuestionAnalyzer(card_db, self.terms, known_rules=known)
+        self.analyzer = QuestionAnalyzer(card_db, self.terms, known_rules=known, enabled=understanding)
         self.reranker = reranker
         """A :class:`knowledge.rerank.Reranker`, or None: no second stage."""
         self.rerank_default = rerank
@@ -203,8 +204,13 @@ class HybridRetriever:
             self.tracker.record_request((time.perf_counter() - start) * 1000.0)
             return SearchOutcome(list(cached), cached=True)
         outcome = SearchOutcome(results=[])
-        context = _Context(query, kind_set, deep, self.analyzer.analyze(query, self._card_names(query)))
         with self.tracker.request():
+            t0 = time.perf_counter()
+            with self.tracker.stage("understand"):  # cards, game terms, clauses: string work, < 1 ms
+                context = _Context(
+                    query, kind_set, deep, self.analyzer.analyze(query, self._card_names(query))
+                )
+            outcome.timings_ms["understand"] = (time.perf_counter() - t0) * 1000.0
             lists: dict[str, list[tuple[str, float]]] = {}
             for stage in self.stages:
                 elapsed = (time.perf_counter() - start) * 1000.0
@@ -436,6 +442,8 @@ class HybridRetriever:
         similar: dict[str, float] = {}
         sources: dict[str, set[str]] = {}
         for name, ranked in lists.items():
+            if weights[name] <= 0:
+                continue
             seen: set[str] = set()
             rank = 0
             for key, _ in ranked:

@@ -48,7 +48,7 @@ class RetrieverTrainConfig:
     frozen_layers: int = 2
     """The embedder's token embeddings and its first layers stay as trained (less compute, less drift)."""
     reranker_lr: float = 5e-5
-    reranker_groups: int = 600
+    reranker_groups: int = 320
     reranker_batch: int = 8
     negatives: int = 3
     reranker_layers: int = 4
