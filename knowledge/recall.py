@@ -36,6 +36,8 @@ class QuestionResult:
     hit: bool
     matched: str | None = None
     """The retrieved rule number that made it a hit."""
+    rank: int | None = None
+    """1-based rank of the first accepted rule within the top ``depth`` results (None: not found)."""
 
 
 @dataclass(slots=True)
@@ -50,6 +52,10 @@ class RecallReport:
     skipped: list[str] = field(default_factory=list)
     """Ids of questions without gold rules."""
     results: list[QuestionResult] = field(default_factory=list)
+    mrr: float = 0.0
+    """Mean reciprocal rank of the first accepted rule within the top ``depth`` (0 when not found)."""
+    recall_at: dict[int, float] = field(default_factory=dict)
+    """Recall at each cut-off in ``CUTOFFS`` (and ``k``), from one ranking of depth ``max(CUTOFFS + k)``."""
 
     def to_json(self, with_results: bool = True) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "results"}
@@ -73,6 +79,9 @@ def accepted_numbers(gold: Sequence[str]) -> set[str]:
     accepted.update(p for p in map(parent_rule, gold) if p is not None)
     return accepted
 
+
+CUTOFFS = (1, 5, 10)
+"""Cut-offs every report carries beside ``k``: recall@1 is what an answer quoting its top rule gets right."""
 
 ALL = "all"
 """The group of a question that names neither ``difficulty`` nor ``stratum``."""
@@ -120,8 +129,10 @@ def load_questions(qa_path: str | Path) -> list[dict]:
 def evaluate_recall(
     retriever: Retriever, qa_path: str | Path, k: int = 5, kinds: Iterable[str] | None = ("rule",)
 ) -> RecallReport:
-    """Recall@k of ``retriever`` on the questions in ``qa_path`` (searching rule passages by default)."""
+    """Recall@k of ``retriever`` on the questions in ``qa_path`` (searching rule passages by default),
+    with recall@1/5/10 and MRR from the same ranking."""
     kinds = tuple(kinds) if kinds is not None else None
+    depth = max(k, *CUTOFFS)
     results: list[QuestionResult] = []
     skipped: list[str] = []
     for i, row in enumerate(load_questions(qa_path)):
@@ -130,18 +141,32 @@ def evaluate_recall(
         if not gold:
             skipped.append(qid)
             continue
-        found = retriever.search(row["question"], k=k, kinds=kinds)
-        retrieved = [r.passage.citation.id for r in found if r.passage.citation.kind == "rule"][:k]
+        found = retriever.search(row["question"], k=depth, kinds=kinds)
+        ranking = [r.passage.citation.id for r in found if r.passage.citation.kind == "rule"][:depth]
         accepted = accepted_numbers(gold)
-        matched = next((n for n in retrieved if n in accepted), None)
-        difficulty = difficulty_of(row)
+        rank = next((n for n, number in enumerate(ranking, 1) if number in accepted), None)
+        hit = rank is not None and rank <= k
+        matched = ranking[rank - 1] if hit else None
         results.append(
-            QuestionResult(qid, difficulty, row["question"], gold, retrieved, matched is not None, matched)
+            QuestionResult(qid, difficulty_of(row), row["question"], gold, ranking[:k], hit, matched, rank)
         )
+    return _report(results, skipped, k)
+
+
+def _recall(results: Sequence[QuestionResult], cut: int) -> float:
+    return sum(r.rank is not None and r.rank <= cut for r in results) / len(results) if results else 0.0
+
+
+def _mrr(results: Sequence[QuestionResult]) -> float:
+    return sum(1.0 / r.rank for r in results if r.rank) / len(results) if results else 0.0
+
+
+def _report(results: list[QuestionResult], skipped: list[str], k: int) -> RecallReport:
     groups: dict[str, list[QuestionResult]] = {}
     for r in results:
         groups.setdefault(r.difficulty, []).append(r)
     hits = sum(r.hit for r in results)
+    cuts = sorted({*CUTOFFS, k})
     return RecallReport(
         k=k,
         total=len(results) + len(skipped),
@@ -153,9 +178,13 @@ def evaluate_recall(
                 "recall": sum(r.hit for r in rs) / len(rs),
                 "hits": sum(r.hit for r in rs),
                 "scored": len(rs),
+                **{f"recall@{c}": _recall(rs, c) for c in cuts},
+                "mrr": _mrr(rs),
             }
             for name, rs in sorted(groups.items())
         },
         skipped=skipped,
         results=results,
+        mrr=_mrr(results),
+        recall_at={c: _recall(results, c) for c in cuts},
     )

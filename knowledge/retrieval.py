@@ -36,23 +36,31 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from knowledge.bm25 import BM25Index
 from knowledge.cache import TTLCache
-from knowledge.cards import extract_bracket_names, load_card_dir
-from knowledge.embeddings import Embedder, get_embedder
-from knowledge.errors import DataMissing, KnowledgeError
+from knowledge.cards import extract_bracket_names
+from knowledge.embeddings import Embedder
+from knowledge.errors import KnowledgeError
+from knowledge.index_build import (  # noqa: F401 - re-exported: callers build through this module
+    VECTOR_DIR,
+    KnowledgeIndex,
+    build_knowledge_index,
+    load_or_build,
+    make_retriever,
+    vector_index_dir,
+)
 from knowledge.latency import LatencyTracker
-from knowledge.models import Card, Passage, RetrievalResult, RulesDocument
-from knowledge.passages import build_passages, card_key, index_texts, rule_key
-from knowledge.rules import load_release
+from knowledge.models import Passage, RetrievalResult, RulesDocument
+from knowledge.passages import card_key, index_texts, rule_key
+from knowledge.question import QuestionAnalysis, QuestionAnalyzer, TermMatcher
 from knowledge.vector_index import VectorIndex
-from knowledge.vector_index import load_or_build as load_or_build_vectors
 
 log = logging.getLogger(__name__)
 
 STAGES = ("exact", "bm25", "graph", "vector")
+RERANK = "rerank"
+"""The second stage (after fusion): re-ordering by the trained cross-encoder, see :mod:`knowledge.rerank`."""
 REQUIRED_STAGES = frozenset({"exact", "bm25"})
 
 _RULE_NUMBER = re.compile(r"(?<![\d.])(\d{3}\.\d+[a-z]?)\b", re.IGNORECASE)
@@ -86,6 +94,12 @@ class FusionWeights:
     glossary_depth: int = 5
     card_rules: float = 2.0
     """Weight of the defining rules of the keywords of a card named in the query (ranked near the card)."""
+    game_terms: float = 0.5
+    """Weight of the rules defining the game terms a question uses in everyday words ("eliminated",
+    "in response"; :data:`knowledge.question.GAME_TERMS`)."""
+    concepts: float = 0.5
+    """Weight of each clause's own BM25 (and, in a re-ranked search, vector) list in a multi-concept
+    question, shared among its clauses."""
 
 
 @dataclass(slots=True)
@@ -97,73 +111,15 @@ class SearchOutcome:
     cached: bool = False
 
 
-class TermMatcher:
-    """Keyword, mechanic and glossary-term phrases in a text -> (specificity, defining rule numbers)."""
+@dataclass(slots=True)
+class _Context:
+    """One search's inputs, shared by its stages."""
 
-    def __init__(self, entries: dict[str, tuple[float, list[str]]]) -> None:
-        self.entries = entries
-        ordered = sorted(entries, key=len, reverse=True)
-        alternation = "|".join(re.escape(p) for p in ordered)
-        self._pattern = (
-            re.compile(rf"(?<![\w-])(?:{alternation})(?:s|es|ed|d|ing)?(?![\w-])", re.IGNORECASE)
-            if ordered
-            else None
-        )
-
-    def find(self, text: str) -> list[tuple[str, float, list[str]]]:
-        """(phrase, specificity, rules) for each distinct phrase found, most specific first."""
-        if self._pattern is None:
-            return []
-        found: dict[str, tuple[float, list[str]]] = {}
-        for match in self._pattern.finditer(text.replace("’", "'")):
-            phrase = _phrase_of(match.group(0).lower(), self.entries)
-            if phrase is not None:
-                found[phrase] = self.entries[phrase]
-        return sorted(((p, w, r) for p, (w, r) in found.items()), key=lambda item: -item[1])
-
-    @classmethod
-    def build(
-        cls, bm25: BM25Index, doc: RulesDocument | None, graph=None, min_idf: float = 3.0
-    ) -> TermMatcher:
-        """From the graph's keyword / mechanic / term nodes when there is a graph, else from the glossary."""
-        raw: dict[str, list[str]] = {}
-        if graph is not None:
-            from knowledge.vocabulary import match_names
-
-            for node, attrs in graph.g.nodes(data=True):
-                if attrs.get("kind") not in ("keyword", "mechanic", "term"):
-                    continue
-                phrases = match_names(attrs)
-                if not phrases:
-                    continue
-                try:
-                    rules = graph.rules_for_keyword(node)
-                except KnowledgeError:
-                    continue
-                for phrase in phrases:
-                    if phrase not in raw or attrs["kind"] == "keyword":
-                        raw[phrase] = rules
-        elif doc is not None:
-            for term, entry in doc.glossary.items():
-                for part in term.split(","):
-                    phrase = " ".join(re.sub(r"\(.*?\)|[“”\"]", "", part).lower().split())
-                    if phrase and entry.references:
-                        raw.setdefault(phrase, list(entry.references))
-        entries = {}
-        for phrase, rules in raw.items():
-            weight = bm25.idf(phrase)
-            if weight >= min_idf and rules:
-                entries[phrase] = (weight, rules)
-        return cls(entries)
-
-
-def _phrase_of(matched: str, entries: dict) -> str | None:
-    for suffix in ("", "s", "es", "ed", "d", "ing"):
-        if matched.endswith(suffix):
-            stem = matched[: len(matched) - len(suffix)] if suffix else matched
-            if stem in entries:
-                return stem
-    return None
+    query: str
+    kinds: frozenset[str] | None
+    deep: bool
+    """A re-ranked search: more budget, so the vector stage embeds each concept too."""
+    analysis: QuestionAnalysis
 
 
 def normalize_query(query: str) -> str:
@@ -187,6 +143,9 @@ class HybridRetriever:
         weights: FusionWeights | None = None,
         texts: Sequence[str] | None = None,
         probe_interval_s: float = 5.0,
+        reranker=None,
+        rerank: bool = True,
+        understanding: bool = True,
     ) -> None:
         self.passages = list(passages)
         self.vector_index = vector_index
@@ -210,6 +169,14 @@ class HybridRetriever:
             self.passages, texts if texts is not None else index_texts(self.passages, self.doc)
         )
         self.terms = TermMatcher.build(self.bm25, self.doc, graph, self.weights.term_min_idf)
+        known = [n for n in self.doc.rules if rule_key(n) in self._by_key] if self.doc is not None else None
+        self.analyzer = QuestionAnalyzer(card_db, self.terms, known_rules=known, enabled=understanding)
+        self.reranker = reranker
+        """A :class:`knowledge.rerank.Reranker`, or None: no second stage."""
+        self.rerank_default = rerank
+        self._texts = dict(
+            zip((p.key for p in self.passages), texts or index_texts(self.passages, self.doc), strict=True)
+        )
         self._rulings: dict[str, list[str]] = {}
         for p in self.passages:
             if p.citation.kind == "ruling":
@@ -219,12 +186,18 @@ class HybridRetriever:
 
     # -- public ------------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int = 8, kinds: Iterable[str] | None = None) -> list[RetrievalResult]:
-        return self.search_detailed(query, k, kinds).results
+    def search(
+        self, query: str, k: int = 8, kinds: Iterable[str] | None = None, rerank: bool | None = None
+    ) -> list[RetrievalResult]:
+        return self.search_detailed(query, k, kinds, rerank).results
 
-    def search_detailed(self, query: str, k: int = 8, kinds: Iterable[str] | None = None) -> SearchOutcome:
+    def search_detailed(
+        self, query: str, k: int = 8, kinds: Iterable[str] | None = None, rerank: bool | None = None
+    ) -> SearchOutcome:
+        """``rerank``: None = this retriever's default (settings); re-ranking needs a trained re-ranker."""
         kind_set = frozenset(kinds) if kinds else None
-        key = (normalize_query(query), k, kind_set)
+        deep = self.reranker is not None and (self.rerank_default if rerank is None else rerank)
+        key = (normalize_query(query), k, kind_set, deep)
         start = time.perf_counter()
         cached = self.cache.get(key)
         if cached is not None:
@@ -232,16 +205,22 @@ class HybridRetriever:
             return SearchOutcome(list(cached), cached=True)
         outcome = SearchOutcome(results=[])
         with self.tracker.request():
+            t0 = time.perf_counter()
+            with self.tracker.stage("understand"):  # cards, game terms, clauses: string work, < 1 ms
+                context = _Context(
+                    query, kind_set, deep, self.analyzer.analyze(query, self._card_names(query))
+                )
+            outcome.timings_ms["understand"] = (time.perf_counter() - t0) * 1000.0
             lists: dict[str, list[tuple[str, float]]] = {}
             for stage in self.stages:
                 elapsed = (time.perf_counter() - start) * 1000.0
-                if stage not in REQUIRED_STAGES and not self._should_run(stage, elapsed):
+                if stage not in REQUIRED_STAGES and not self._should_run(stage, elapsed, deep):
                     outcome.stages_skipped.append(stage)
                     continue
                 t0 = time.perf_counter()
                 try:
                     with self.tracker.stage(stage):
-                        found = self._run_stage(stage, query, kind_set)
+                        found = self._run_stage(stage, context)
                 except Exception:
                     if stage in REQUIRED_STAGES:
                         raise
@@ -254,7 +233,11 @@ class HybridRetriever:
                 for name, ranked in found.items():
                     lists.setdefault(name, []).extend(ranked)
             with self.tracker.stage("fuse"):
-                outcome.results = self._fuse(lists, k, kind_set)
+                depth = max(k, self.reranker.depth) if deep else k  # type: ignore[union-attr]
+                outcome.results = self._fuse(lists, depth, kind_set)
+            if deep:
+                self._rerank(context, outcome, start)
+            outcome.results = outcome.results[:k]
         outcome.timings_ms["total"] = (time.perf_counter() - start) * 1000.0
         if not outcome.stages_skipped:
             self.cache.set(key, tuple(outcome.results))
@@ -271,35 +254,71 @@ class HybridRetriever:
 
     # -- stages ------------------------------------------------------------------------------------
 
-    def _should_run(self, stage: str, elapsed_ms: float) -> bool:
+    def _rerank(self, context: _Context, outcome: SearchOutcome, start: float) -> None:
+        elapsed = (time.perf_counter() - start) * 1000.0
+        if not self.reranker.fits(elapsed):  # type: ignore[union-attr]
+            outcome.stages_skipped.append(RERANK)
+            with self._skips_lock:
+                self._skips[RERANK] = self._skips.get(RERANK, 0) + 1
+            return
+        t0 = time.perf_counter()
+        try:
+            with self.tracker.stage(RERANK):
+                outcome.results = self.reranker.rerank(  # type: ignore[union-attr]
+                    context.query, outcome.results, lambda p: self._texts.get(p.key, p.text)
+                )
+        except Exception:
+            log.exception("re-ranking failed; answering with the first-stage order")
+            outcome.stages_skipped.append(RERANK)
+            return
+        outcome.timings_ms[RERANK] = (time.perf_counter() - t0) * 1000.0
+        outcome.stages_run.append(RERANK)
+
+    def _budget(self, deep: bool) -> float:
+        """First-stage budget: the search budget, or in a re-ranked search what the re-ranker leaves of its
+        own (larger) budget."""
+        if not deep:
+            return self.budget_ms
+        reranker = self.reranker
+        return max(self.budget_ms, reranker.budget_ms - reranker.expected_ms())  # type: ignore[union-attr]
+
+    def _should_run(self, stage: str, elapsed_ms: float, deep: bool = False) -> bool:
         expected = self.tracker.expected_ms(stage) or 0.0
-        if elapsed_ms + expected <= self.budget_ms:
+        budget = self._budget(deep)
+        if elapsed_ms + expected <= budget:
             return True
         now = time.monotonic()
         with self._skips_lock:
-            probe = elapsed_ms < self.budget_ms and now - self._last_probe[stage] >= self.probe_interval_s
+            probe = elapsed_ms < budget and now - self._last_probe[stage] >= self.probe_interval_s
             if probe:
                 self._last_probe[stage] = now
             else:
                 self._skips[stage] += 1
         return probe
 
-    def _run_stage(
-        self, stage: str, query: str, kinds: frozenset[str] | None
-    ) -> dict[str, list[tuple[str, float]]]:
-        depth = self.weights.depth
+    def _run_stage(self, stage: str, ctx: _Context) -> dict[str, list[tuple[str, float]]]:
+        depth, kinds = self.weights.depth, ctx.kinds
         if stage == "exact":
-            return self._exact(query, kinds)
+            return self._exact(ctx)
         if stage == "bm25":
-            return {"bm25": [(h.passage.key, h.score) for h in self.bm25.search(query, depth, kinds)]}
+            found = {"bm25": [(h.passage.key, h.score) for h in self.bm25.search(ctx.query, depth, kinds)]}
+            for i, concept in enumerate(ctx.analysis.concepts):
+                hits = self.bm25.search(concept, depth, kinds)
+                found[f"concept_bm25_{i}"] = [(h.passage.key, h.score) for h in hits]
+            return found
         if stage == "graph":
-            return {"graph": self._graph_terms(query, kinds)}
+            return {"graph": self._graph_terms(ctx), "terms": self._game_terms(ctx)}
         if stage == "vector":
-            vector = self.embedder.encode([query])[0]  # type: ignore[union-attr]
-            hits = self.vector_index.search(vector, depth, kinds)  # type: ignore[union-attr]
-            found = {"vector": [(h.passage.key, h.score) for h in hits if h.passage.key in self._by_key]}
+            # A re-ranked search (the answer path, a larger budget) embeds each clause too, in one batch.
+            texts = [ctx.query, *(ctx.analysis.concepts if ctx.deep else ())]
+            vectors = self.embedder.encode(texts)  # type: ignore[union-attr]
+            found = {}
+            for i, vector in enumerate(vectors):
+                hits = self.vector_index.search(vector, depth, kinds)  # type: ignore[union-attr]
+                name = "vector" if i == 0 else f"concept_vector_{i - 1}"
+                found[name] = [(h.passage.key, h.score) for h in hits if h.passage.key in self._by_key]
             if self.weights.glossary_bridge > 0 and self.doc is not None:
-                found["bridge"] = self._glossary_bridge(vector, kinds)
+                found["bridge"] = self._glossary_bridge(vectors[0], kinds)
             return found
         raise ValueError(stage)
 
@@ -307,13 +326,14 @@ class HybridRetriever:
         passage = self._by_key.get(key)
         return passage is not None and (kinds is None or passage.citation.kind in kinds)
 
-    def _exact(self, query: str, kinds: frozenset[str] | None) -> dict[str, list[tuple[str, float]]]:
+    def _exact(self, ctx: _Context) -> dict[str, list[tuple[str, float]]]:
+        kinds = ctx.kinds
         exact: list[str] = []
         graph: list[str] = []
-        for number in self._rule_numbers(query):
+        for number in self._rule_numbers(ctx.query):
             exact.append(rule_key(number))
             exact.extend(rule_key(r.number) for r in self._descendants(number))
-        for name in self._card_names(query):
+        for name in ctx.analysis.cards:
             exact.append(card_key(name))
             exact.extend(self._rulings.get(card_key(name), []))
             if self.graph is not None:
@@ -366,14 +386,24 @@ class HybridRetriever:
                     names.append(card.name)
         return list(dict.fromkeys(names))
 
-    def _graph_terms(self, query: str, kinds: frozenset[str] | None) -> list[tuple[str, float]]:
+    def _graph_terms(self, ctx: _Context) -> list[tuple[str, float]]:
         out: dict[str, float] = {}
-        for _, weight, rules in self.terms.find(query):
+        for _, weight, rules in ctx.analysis.terms:
             for number in rules[: self.weights.term_rules]:
                 key = rule_key(number)
-                if self._allowed(key, kinds) and key not in out:
+                if self._allowed(key, ctx.kinds) and key not in out:
                     out[key] = weight
         return sorted(out.items(), key=lambda item: -item[1])
+
+    def _game_terms(self, ctx: _Context) -> list[tuple[str, float]]:
+        """Rules of the everyday game terms, in the order the question uses them."""
+        out: dict[str, float] = {}
+        for _, rules in ctx.analysis.game_terms:
+            for number in rules:
+                key = rule_key(number)
+                if self._allowed(key, ctx.kinds):
+                    out.setdefault(key, 1.0)
+        return list(out.items())
 
     def _glossary_bridge(self, vector, kinds: frozenset[str] | None) -> list[tuple[str, float]]:
         """Rules cited by the glossary entries closest to the query, in the entries' order."""
@@ -397,15 +427,23 @@ class HybridRetriever:
             "graph": w.graph,
             "bridge": w.glossary_bridge,
             "card_rules": w.card_rules,
+            "terms": w.game_terms,
         }
+        concept_lists = sum(name.startswith("concept_") for name in lists)
+        for name in lists:
+            if name.startswith("concept_"):  # the clauses share one weight, per kind of list
+                weights[name] = w.concepts / max(1, concept_lists / (2 if "concept_vector_0" in lists else 1))
         # A glossary hop and a card's keyword rules are graph edges (term / card -> defining rule).
-        labels = {"bridge": "graph", "card_rules": "graph"}
+        labels = {"bridge": "graph", "card_rules": "graph", "terms": "graph"}
+        labels.update({n: ("vector" if "vector" in n else "bm25") for n in lists if n.startswith("concept_")})
         scores: dict[str, float] = {}
         # Score without the exact stage: what a sub-rule passes up to its parent, so "rule 704.5k" puts
         # 704.5k itself first, not its parent.
         similar: dict[str, float] = {}
         sources: dict[str, set[str]] = {}
         for name, ranked in lists.items():
+            if weights[name] <= 0:
+                continue
             seen: set[str] = set()
             rank = 0
             for key, _ in ranked:
@@ -443,89 +481,3 @@ class HybridRetriever:
             return None  # rules' parents are chapters, which are headings, not passages
         parent = rule_key(stripped)
         return parent if parent in self._by_key else None
-
-
-# ------------------------------------------------------------------------------------------- building
-
-VECTOR_DIR = "vectors"
-"""Sub-folder of ``settings.paths.index_dir`` holding the FAISS index (the graph file sits beside it)."""
-
-
-@dataclass(slots=True)
-class KnowledgeIndex:
-    """Passages of one release (+ cards), the texts they were indexed by, and their vector index."""
-
-    doc: RulesDocument
-    passages: list[Passage]
-    texts: list[str]
-    vectors: VectorIndex
-    rebuilt: bool
-    """False when a saved index matched and was reused."""
-    seconds: float
-
-
-def vector_index_dir(settings) -> Path:
-    return settings.paths.index_dir / VECTOR_DIR
-
-
-def load_or_build(
-    settings,
-    doc: RulesDocument | None = None,
-    cards: Iterable[Card] | None = None,
-    embedder=None,
-    progress: bool = True,
-    force: bool = False,
-) -> KnowledgeIndex:
-    """Passages from the rules release and cards in ``settings`` (or the ones given), with the saved
-    vector index when its manifest matches them (same model, release and passage digest), else a fresh
-    build saved to ``settings.paths.index_dir / "vectors"``. ``embedder`` may be any object with
-    ``encode``/``dim``/``model_id`` (e.g. a caching embedder); default the configured model."""
-    start = time.perf_counter()
-    if doc is None:
-        doc = load_release(settings.paths.rules_dir, settings.paths.rules_release)
-    if cards is None:
-        try:
-            cards = load_card_dir(settings.paths.cards_dir)
-        except DataMissing as exc:
-            log.warning("%s Indexing rules only.", exc)
-            cards = []
-    if embedder is None:
-        embedder = get_embedder(settings.knowledge.embedding_model)
-    passages = build_passages(doc, cards)
-    texts = index_texts(passages, doc)
-    vectors, rebuilt = load_or_build_vectors(
-        vector_index_dir(settings),
-        passages,
-        texts,
-        embedder,
-        doc.effective_date,
-        progress=progress,
-        force=force,
-    )
-    return KnowledgeIndex(doc, passages, texts, vectors, rebuilt, round(time.perf_counter() - start, 3))
-
-
-def build_knowledge_index(settings, progress: bool = True, **parts) -> KnowledgeIndex:
-    """Build passages and the vector index from scratch and save them (``hexcore index build``)."""
-    return load_or_build(settings, progress=progress, force=True, **parts)
-
-
-def make_retriever(
-    settings, index: KnowledgeIndex, embedder=None, graph=None, card_db=None, rulebook=None
-) -> HybridRetriever:
-    """A :class:`HybridRetriever` over ``index`` with cache size, TTL and latency budget from settings."""
-    from knowledge.rules import RuleBook
-
-    knowledge = settings.knowledge
-    return HybridRetriever(
-        index.passages,
-        index.vectors,
-        embedder if embedder is not None else get_embedder(knowledge.embedding_model),
-        graph=graph,
-        card_db=card_db,
-        rulebook=rulebook if rulebook is not None else RuleBook(index.doc),
-        cache=TTLCache(knowledge.cache_size, knowledge.cache_ttl_s),
-        tracker=LatencyTracker(budget_ms=knowledge.retrieval_budget_ms),
-        budget_ms=knowledge.retrieval_budget_ms,
-        texts=index.texts,
-    )

@@ -74,6 +74,12 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         "--fusion", is_flag=True, help="Train the cross-expert attention over the serving adapters."
     )
     @click.option(
+        "--retriever",
+        is_flag=True,
+        help="Fine-tune the search embedder and train the re-ranker (validated; promoted only when "
+        "better; the index is rebuilt for a new embedder). About 10-20 min on 2 CPU cores.",
+    )
+    @click.option(
         "--config",
         "config_file",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -94,6 +100,7 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         all_experts: bool,
         router: bool,
         fusion: bool,
+        retriever: bool,
         config_file: Path | None,
         resume: Path | None,
         max_steps: int | None,
@@ -101,21 +108,25 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         no_promote: bool,
         as_json: bool,
     ) -> None:
-        """Train expert LoRA adapters (validated; promoted only when better), the router, or the fusion."""
+        """Train expert LoRA adapters (validated; promoted only when better), the router, the fusion, or the
+        retriever."""
         from hexcore.state_lock import state_lock
 
-        modes = sum([bool(experts), all_experts, router, fusion])
+        modes = sum([bool(experts), all_experts, router, fusion, retriever])
         if modes == 0 and resume is None:
             raise click.UsageError(
-                "say what to train: --expert NAME, --all, --router, --fusion or --resume DIR"
+                "say what to train: --expert NAME, --all, --router, --fusion, --retriever or --resume DIR"
             )
         if modes > 1:
-            raise click.UsageError("use one of --expert, --all, --router, --fusion")
+            raise click.UsageError("use one of --expert, --all, --router, --fusion, --retriever")
         if resume is not None and (config_file is not None or len(experts) > 1 or all_experts or fusion):
             raise click.UsageError(
                 "--resume continues one run with its own config; it takes no --config or --all"
             )
         with state_lock(_settings().paths.state_dir, "training run"):
+            if retriever:
+                _train_retriever(_settings(), as_json, promote=not no_promote)
+                return
             _train(
                 experts,
                 all_experts,
@@ -174,6 +185,56 @@ def register(main: click.Group, eval_group: click.Group) -> None:
         click.echo(
             f"  {report.decision.reason.replace('promoted:', 'would be promoted:', 1) if report.decision.promote else report.decision.reason}"
         )
+
+    @main.group("retriever")
+    def retriever_group() -> None:
+        """List, promote and roll back the trained search embedder and re-ranker."""
+
+    @retriever_group.command("list")
+    @click.option("--json", "as_json", is_flag=True)
+    def list_retrievers(as_json: bool) -> None:
+        """Every stored version per role; * marks the serving one (none: the untrained model serves)."""
+        from knowledge.retriever_store import ROLES, RetrieverStore
+
+        store = RetrieverStore.from_settings(_settings())
+        data = {
+            role: {
+                "serving": store.serving(role),
+                "versions": {v: store.meta(role, v).get("metrics", {}) for v in store.versions(role)},
+            }
+            for role in ROLES
+        }
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+            return
+        for role, info in data.items():
+            versions = [f"{'*' if v == info['serving'] else ' '}{v}" for v in info["versions"]] or ["(none)"]
+            click.echo(f"{role}: {' '.join(versions)}" + ("" if info["serving"] else "  [untrained serves]"))
+
+    @retriever_group.command("promote")
+    @click.argument("role", type=click.Choice(["embedder", "reranker"]))
+    @click.argument("version")
+    @_fail_on_known_errors
+    def promote_retriever(role: str, version: str) -> None:
+        """Serve VERSION of ROLE (an embedder change rebuilds the search index)."""
+        from knowledge.retriever_store import RetrieverStore
+
+        settings = _settings()
+        RetrieverStore.from_settings(settings).promote(role, version)
+        _after_switch(settings, role)
+        click.echo(f"{role}: serving {version}")
+
+    @retriever_group.command("rollback")
+    @click.argument("role", type=click.Choice(["embedder", "reranker"]))
+    @_fail_on_known_errors
+    def rollback_retriever(role: str) -> None:
+        """Serve the previous version of ROLE again (or the untrained model when there is none)."""
+        from knowledge.retriever_store import RetrieverStore
+
+        settings = _settings()
+        version = RetrieverStore.from_settings(settings).rollback(role)
+        _after_switch(settings, role)
+        click.echo(f"{role}: serving {version or 'the untrained model'}")
 
     @main.group("adapters")
     def adapters() -> None:
@@ -410,3 +471,33 @@ def _train_router(settings: Any, as_json: bool) -> None:
         click.echo(
             f"router trained on {metrics.get('train_size')} examples: held-out exact {metrics.get('exact_match', 0):.3f}, top-1 {metrics.get('top1', 0):.3f}"
         )
+
+
+def _after_switch(settings: Any, role: str) -> None:
+    """A different embedder needs its own index: rebuild now rather than on the next start."""
+    if role == "embedder":
+        from knowledge.base import KnowledgeBase
+
+        click.echo("rebuilding the search index for this embedder ...", err=True)
+        KnowledgeBase.build(settings, progress=False)
+
+
+def _train_retriever(settings: Any, as_json: bool, promote: bool) -> None:
+    from training.retriever import RetrieverTrainConfig
+    from training.retriever_pipeline import feedback_rows, run_retriever_training
+
+    config = RetrieverTrainConfig(margin=float("inf")) if not promote else None
+    report = run_retriever_training(settings, feedback_rows(settings), config=config)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(f"retriever: {report.data['pairs']} pairs; {report.seconds:.0f} s; run: {report.run_dir}")
+    for outcome in report.outcomes:
+        m = outcome.metrics
+        click.echo(
+            f"  {outcome.role}: {outcome.reason}; validation MRR {m['baseline']['mrr']:.3f} -> "
+            f"{m['candidate']['mrr']:.3f}; {m['train']['seconds']:.0f} s training; "
+            f"serving {outcome.serving or 'untrained'}"
+        )
+    if report.index_rebuilt:
+        click.echo("  search index rebuilt with the new embedder")

@@ -85,6 +85,8 @@ class RetrainReport:
     experts: dict[str, ExpertOutcome] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     """Expert -> why it was not retrained (not enough new data, another run in progress)."""
+    retriever: dict[str, Any] | None = None
+    """The retriever run's report (``settings.training.nightly_retriever``), or its error."""
 
     @property
     def promoted(self) -> list[str]:
@@ -97,6 +99,7 @@ class RetrainReport:
             "promoted": self.promoted,
             "experts": {k: v.to_json() for k, v in self.experts.items()},
             "skipped": self.skipped,
+            "retriever": self.retriever,
         }
 
 
@@ -373,6 +376,8 @@ def run_retraining(
         for name in [n for n in chosen if n in errors]:
             chosen.remove(name)
             report.skipped[name] = errors[name]
+        if settings.training.nightly_retriever and (experts is None or chosen):
+            report.retriever = _retrain_retriever(settings, feedback, threshold)
         if not chosen:
             return report
         from engine.model_loader import load_base_model
@@ -402,6 +407,21 @@ def run_retraining(
     finally:
         report.finished = _now()
         lock.release()
+
+
+def _retrain_retriever(settings: Any, feedback: list[dict], threshold: int) -> dict[str, Any]:
+    """The retriever's nightly run, when enough helpful answers arrived; a failure is reported, and leaves
+    the serving embedder, re-ranker and index as they were."""
+    helpful = sum(1 for row in feedback if (row.get("score") or 0) > 0)
+    if helpful < threshold:
+        return {"skipped": f"{helpful} new helpful answers (needs {threshold})"}
+    try:
+        from training.retriever_pipeline import run_retriever_training
+
+        return run_retriever_training(settings, feedback).to_json()
+    except Exception as exc:  # noqa: BLE001 - the experts' results must still be reported
+        log.exception("retriever retraining failed")
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def retrain_fusion(

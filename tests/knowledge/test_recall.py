@@ -46,10 +46,15 @@ def test_hits_misses_parents_and_skipped(tmp_path: Path, bm25: BM25Retriever) ->
     assert (report.total, report.scored, report.hits) == (4, 3, 2)
     assert report.recall == pytest.approx(2 / 3)
     assert report.skipped == ["4"]
-    assert report.by_difficulty == {
+    core = {
+        name: {key: group[key] for key in ("recall", "hits", "scored")}
+        for name, group in report.by_difficulty.items()
+    }
+    assert core == {  # the keys every report had before recall@1/@10 and MRR were added beside them
         "easy": {"recall": 1.0, "hits": 2, "scored": 2},
         "hard": {"recall": 0.0, "hits": 0, "scored": 1},
     }
+    assert report.by_difficulty["hard"]["recall@3"] == 0.0
     first, second, third = report.results
     assert first.hit and first.matched == "702.19b" and "702.19b" in first.retrieved
     assert second.hit and second.matched == "704.5"
@@ -83,3 +88,29 @@ def test_hybrid_beats_bm25_on_definition_questions(make_hybrid, bm25: BM25Retrie
     baseline = evaluate_recall(bm25, qa, k=5)
     assert hybrid.scored == baseline.scored == 15
     assert hybrid.recall > baseline.recall
+
+
+def test_mrr_and_recall_at_each_cutoff(tmp_path):
+    import json
+
+    from knowledge.models import Citation, Passage, RetrievalResult
+    from knowledge.recall import evaluate_recall
+
+    rows = [
+        {"id": 1, "question": "first", "rule_refs": ["100.1"]},
+        {"id": 2, "question": "third", "rule_refs": ["100.3a"]},  # its parent 100.3 is at rank 3
+        {"id": 3, "question": "missing", "rule_refs": ["999.1"]},
+    ]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps(r) for r in rows))
+
+    class Ranked:
+        def search(self, query, k=8, kinds=None):
+            numbers = ["100.1", "100.2", "100.3", *(f"200.{i}" for i in range(20))]
+            return [RetrievalResult(Passage(f"rule:{n}", n, Citation(n, "rule")), 1.0) for n in numbers][:k]
+
+    report = evaluate_recall(Ranked(), qa, k=5)
+    assert report.recall_at == {1: 1 / 3, 5: 2 / 3, 10: 2 / 3}
+    assert report.mrr == pytest.approx((1 + 1 / 3) / 3)
+    assert [r.rank for r in report.results] == [1, 3, None]
+    assert report.by_difficulty["all"]["mrr"] == pytest.approx(report.mrr)
