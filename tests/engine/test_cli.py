@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from engine.cli import format_sources
+from engine.cli import format_answer, format_sources
 from hexcore.cli import main
 from hexcore.settings import PROJECT_ROOT, EngineSettings, PathSettings, Settings
 from knowledge.rules import load_release
@@ -72,8 +72,8 @@ def test_ask_json_with_a_fixed_expert(cli_settings: Settings, rules) -> None:
 def test_ask_streams_when_asked(cli_settings: Settings) -> None:
     result = invoke(cli_settings, "ask", "--stream", "-q", "What does flying do?", "--max-new-tokens", "8")
     assert result.exit_code == 0, result.output
-    text, sep, sources = result.stdout.partition("Sources:")
-    assert sep and text.strip() and "[CR 702.9" in sources
+    lead, sep, sources = result.stdout.partition("Other sources:")
+    assert sep and lead.startswith("[CR 702.9") and sources.strip()  # the lead streamed first, then the rest
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_chat_keeps_a_conversation_and_starts_new_ones(cli_settings: Settings) -
     script = "How does trample work?\nAnd with deathtouch?\n/new\n\n/quit\n"
     result = invoke(cli_settings, "chat", "-q", "--expert", "explain", "--max-new-tokens", "8", input=script)
     assert result.exit_code == 0, result.output
-    assert result.stdout.count("Sources:") == 2
+    assert result.stdout.count("Other sources:") == 2  # two answers, each led by its rule
     assert "(new conversation)" in result.stdout
     assert "(explain)" in result.stdout
 
@@ -100,8 +100,10 @@ def test_missing_data_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_format_sources_without_passages() -> None:
     from engine.api import Answer
+    from engine.pipeline import NOT_FOUND
 
-    assert format_sources(Answer("q", [], "t", [])) == "Sources: none found."
+    assert format_sources(Answer("q", [], NOT_FOUND, [])) == ""
+    assert format_answer(Answer("q", [], NOT_FOUND, [])) == NOT_FOUND  # the text already says what to do
 
 
 @pytest.mark.slow

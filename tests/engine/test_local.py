@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from engine.api import Answer, AnswerRequest, Engine, Expert, TokenDelta
+from engine.api import Answer, AnswerRequest, Engine, Expert, LeadFound, TokenDelta
 from engine.conversations import ConversationStore
 from engine.errors import AdapterError, EngineOverloaded, GenerationError, InvalidRequest
 from engine.local import LocalEngine
@@ -304,7 +304,8 @@ async def test_cancelling_aborts_the_generation(engine: LocalEngine) -> None:
     before = engine.worker.status()
     events = engine.generate(AnswerRequest("Explain the combat damage step in detail.", max_new_tokens=400))
     first = await anext(events)
-    assert isinstance(first, TokenDelta)
+    assert isinstance(first, LeadFound)  # the deciding rule comes first, before any prose
+    assert isinstance(await anext(events), TokenDelta)
     await events.aclose()
     await until(lambda: engine.worker.status().cancelled == before.cancelled + 1)
     await until(lambda: engine.worker.status().in_flight == 0)

@@ -116,7 +116,12 @@ def test_eval_qa_on_the_real_engine(real_engine_settings, tmp_path: Path) -> Non
     assert [trample["id"], multihop["id"]] == ["1", "hand-deathtouch-trample"]
     for r in (trample, multihop):
         assert r["error"] is None and r["answer"] and r["citations"] and r["experts"]
-        assert r["latency_s"] > 0 and 0 < r["generated_tokens"] <= 8
+        assert r["latency_s"] > 0 and r["lead"] is not None and isinstance(r["prose_shown"], bool)
+    assert 0 < trample["generated_tokens"] <= 8 and trample["calculator"] == 0.0
+    # the board-state question is the calculator's: its verdict, no model tokens
+    assert multihop["verdict"] == "Your opponent takes 4 damage." and multihop["calculator"] == 1.0
+    assert multihop["generated_tokens"] == 0 and report["calculator"]["taken"] == 1
+    for r in (trample, multihop):
         assert r["similarity"] is not None and -1 <= r["similarity"] <= 1
         assert r["keyword_f1"] is not None and r["citation_precision"] is not None
     assert trample["citation_recall"] > 0  # retrieval cites the 702.19 family

@@ -53,13 +53,13 @@ ENCODER = HashEncoder()
 def hash_embeddings(monkeypatch: pytest.MonkeyPatch) -> Iterator[HashEncoder]:
     """Every knowledge-layer ``get_embedder`` call gets :data:`ENCODER` while this is active."""
     import knowledge.embeddings
-    import knowledge.retrieval
+    import knowledge.retriever_models
 
     def fake(model: str = "embedded") -> HashEncoder:
         return ENCODER
 
     monkeypatch.setattr(knowledge.embeddings, "get_embedder", fake)
-    monkeypatch.setattr(knowledge.retrieval, "get_embedder", fake)
+    monkeypatch.setattr(knowledge.retriever_models, "get_embedder", fake)
     yield ENCODER
 
 

@@ -264,7 +264,7 @@ def test_eval_retrieval_reports_recall(search_settings: Settings, tmp_path: Path
     report = json.loads(result.output)
     assert (report["k"], report["total"], report["scored"], report["hits"]) == (5, 4, 3, 2)
     assert report["recall"] == pytest.approx(2 / 3)
-    assert report["by_difficulty"]["easy"] == {"recall": 0.5, "hits": 1, "scored": 2}
+    assert {"recall": 0.5, "hits": 1, "scored": 2}.items() <= report["by_difficulty"]["easy"].items()
     assert report["by_difficulty"]["definition"]["hits"] == 1  # the multihop schema (gold_cr_rules, stratum)
     assert report["skipped"] == ["t4"]
     by_id = {r["id"]: r for r in report["results"]}
