@@ -132,3 +132,44 @@ def test_unknown_messages():
     )
     assert "Did you mean: Ponder?" in formatting.unknown_card_message(UnknownCard("Pondr", ["Ponder"]))
     assert "@\u200beveryone" in formatting.unknown_card_message(UnknownCard("@everyone", []))
+
+
+# ------------------------------------------------------------------------------------------- rule-first
+
+
+def _lead_answer(**kwargs) -> Answer:
+    from knowledge.lead import Lead
+
+    text = "If an attacking creature with trample is blocked, it assigns lethal damage first. Then the rest."
+    lead_passage = Passage("rule:702.19b", text, Citation("702.19b", "rule", "2026-01-16"), "702.19 Trample")
+    other = Passage("rule:702.19a", "Trample is a static ability.", Citation("702.19a", "rule", "2026-01-16"))
+    start = text.index("Then")
+    return Answer(
+        "q", [Expert.REASON], kwargs.pop("text", "Prose."), [lead_passage.citation, other.citation],
+        passages=[lead_passage, other], lead=Lead(lead_passage, start, len(text), 0.7), **kwargs,
+    )  # fmt: skip
+
+
+def test_the_lead_rule_comes_first_with_its_sentence_in_bold_and_is_not_repeated_below():
+    embeds = formatting.answer_embeds(_lead_answer())
+    description = embeds[0].description
+    assert description.startswith("**CR 702.19b (2026-01-16) · 702.19 Trample**\n")
+    assert "**Then the rest.**" in description and description.index("**Then") < description.index("Prose.")
+    fields = [f for e in embeds for f in e.fields]
+    assert [f.name for f in fields] == ["CR 702.19a (2026-01-16)"]  # only the other sources below
+    assert embeds[1].title == "Other sources"
+
+
+def test_a_calculator_verdict_leads_before_the_rule():
+    embeds = formatting.answer_embeds(_lead_answer(verdict="You take 3 damage.", text="- step (CR 702.19b)"))
+    description = embeds[0].description
+    assert description.startswith("**You take 3 damage.**\n\n**CR 702.19b")
+    assert description.endswith("- step (CR 702.19b)")
+
+
+def test_progress_preview_shows_the_rule_and_never_prose():
+    answer = _lead_answer()
+    preview = formatting.progress_preview(answer.lead, 12)
+    assert preview.startswith("**CR 702.19b") and "(12 words so far)" in preview
+    assert len(preview) <= limits.STREAM_PREVIEW_CHARS
+    assert formatting.progress_preview(None, 0) == formatting.CHECKING
