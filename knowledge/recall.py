@@ -139,9 +139,7 @@ def evaluate_recall(
         hit = rank is not None and rank <= k
         matched = ranking[rank - 1] if hit else None
         results.append(
-            QuestionResult(
-                qid, difficulty_of(row), row["question"], gold, ranking[:k], hit, matched, rank
-            )
+            QuestionResult(qid, difficulty_of(row), row["question"], gold, ranking[:k], hit, matched, rank)
         )
     return _report(results, skipped, k)
 
