@@ -73,3 +73,26 @@ def test_an_interrupted_run_promotes_nothing_and_leaves_the_index(state: Path, m
     store = RetrieverStore(state / "retrievers")
     assert store.serving("embedder") is None and store.versions("embedder") == []
     assert (index / "manifest.json").read_text() == before
+
+
+def test_the_nightly_job_retrains_the_retriever_only_with_enough_helpful_answers(state: Path, monkeypatch):
+    import training.retriever_pipeline as retriever_pipeline
+    from training.pipeline import _retrain_retriever
+
+    calls = []
+    monkeypatch.setattr(
+        retriever_pipeline,
+        "run_retriever_training",
+        lambda settings, feedback: (
+            calls.append(len(feedback)) or type("R", (), {"to_json": lambda self: {"ok": 1}})()
+        ),
+    )
+    helpful = [{"question": "q", "score": 1}] * 3 + [{"question": "q", "score": -1}] * 5
+    assert "needs 4" in _retrain_retriever(get_settings(), helpful, 4)["skipped"]
+    assert _retrain_retriever(get_settings(), helpful, 3) == {"ok": 1} and calls == [8]
+
+    def broken(settings, feedback):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(retriever_pipeline, "run_retriever_training", broken)
+    assert _retrain_retriever(get_settings(), helpful, 3) == {"error": "RuntimeError: disk full"}
