@@ -62,7 +62,9 @@ def test_retrieval_falls_back_to_the_untrained_embedder(tmp_path: Path, caplog):
     from hexcore.settings import KnowledgeSettings, PathSettings, Settings
     from knowledge.retriever_models import retrieval_embedder, serving_reranker
 
-    settings = Settings(paths=PathSettings(state_dir=tmp_path), knowledge=KnowledgeSettings(cross_encoder=True))
+    settings = Settings(
+        paths=PathSettings(state_dir=tmp_path), knowledge=KnowledgeSettings(cross_encoder=True)
+    )
     store = RetrieverStore.from_settings(settings)
     store.promote("embedder", store.save_new("embedder", _model_dir(tmp_path / "bad", "not a model")))
     store.promote("reranker", store.save_new("reranker", _model_dir(tmp_path / "bad2", "not a model")))
