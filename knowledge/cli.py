@@ -257,8 +257,8 @@ def format_result(rank: int, result: RetrievalResult) -> str:
 @click.option(
     "--rerank",
     is_flag=True,
-    help="Re-order the top candidates with the trained re-ranker (as answers do; slower). Without one "
-    "trained (`hexcore train --retriever`) the order is unchanged.",
+    help="Run the answer path's second stage (each clause of the question searched too; the trained "
+    "cross-encoder when HEXCORE_KNOWLEDGE_CROSS_ENCODER is on), under its own budget: ~2x slower.",
 )
 def search_command(
     query: tuple[str, ...], k: int, kinds: tuple[str, ...], as_json: bool, rerank: bool

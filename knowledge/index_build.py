@@ -118,4 +118,5 @@ def make_retriever(
         texts=index.texts,
         reranker=reranker if reranker is not None else serving_reranker(settings),
         rerank=knowledge.rerank,
+        deep_budget_ms=knowledge.rerank_budget_ms,
     )

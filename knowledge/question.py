@@ -101,6 +101,25 @@ GAME_TERMS: dict[str, tuple[str, ...]] = {
 """Phrasings players use -> the rules that define them. Built from the rules (the glossary entry or the
 defining rule of each term), never from evaluation questions."""
 
+ABILITY_KINDS: tuple[tuple[str, re.Pattern[str], tuple[str, ...]], ...] = (
+    # The kind of ability a quoted piece of card text is decides which rules govern it (CR 113.3).
+    ("triggered", re.compile(r"(?:^|[.—]\s*)(?:when|whenever|at the beginning)\b", re.I), ("603.2", "603.1")),
+    (
+        "replacement",
+        re.compile(r"\binstead\b|\bas .{3,40} enters\b|\benters with\b", re.I),
+        ("614.1", "614.1a"),
+    ),
+    ("prevention", re.compile(r"\bprevent\b", re.I), ("615.1",)),
+    ("mana", re.compile(r":\s*add \{", re.I), ("605.1a",)),
+    ("activated", re.compile(r"\}\s*(?:,\s*[^:]{1,40})?:\s", re.I), ("602.1",)),
+    (
+        "static",
+        re.compile(r"\bcan't\b|\bdon't\b|\bas though\b|\beach (?:player|opponent) can\b", re.I),
+        ("604.1", "604.2"),
+    ),
+)
+"""Quoted card text -> the kind of ability it is (first match) -> the rules defining that kind."""
+
 _SENTENCE = re.compile(r"(?<=[.?!])\s+")
 _CLAUSE = re.compile(
     r",\s*(?:and|but|then|while|so)\s+|\s+(?:while|after|before|because|whereupon)\s+|;\s*", re.IGNORECASE
@@ -272,7 +291,7 @@ class QuestionAnalyzer:
         analysis.cards = list(dict.fromkeys(cards))
         if self.term_matcher is not None:
             analysis.terms = self.term_matcher.find(text)
-        analysis.game_terms = self.game_terms.find(text)
+        analysis.game_terms = self.game_terms.find(text) + ability_terms(analysis.quoted)
         analysis.concepts = split_concepts(text)
         return analysis
 
@@ -288,3 +307,14 @@ class QuestionAnalyzer:
         needle = " ".join(quote.lower().split())
         found = [name for name, text in self._oracles if needle in text]
         return found if len(found) <= MAX_QUOTE_CARDS else []
+
+
+def ability_terms(quotes: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """For each quoted ability, its kind's defining rules (a triggered ability -> 603.2, ...)."""
+    out: dict[str, list[str]] = {}
+    for quote in quotes:
+        for kind, pattern, rules in ABILITY_KINDS:
+            if pattern.search(quote):
+                out.setdefault(f"{kind} ability", list(rules))
+                break
+    return list(out.items())

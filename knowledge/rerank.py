@@ -136,12 +136,21 @@ class Reranker:
     (its recent median says so) it is skipped and the first-stage order returned.
     """
 
-    def __init__(self, encoder: CrossEncoder, depth: int = 12, budget_ms: float = 120.0, prior: float = 1.0):
+    def __init__(
+        self,
+        encoder: CrossEncoder,
+        depth: int = 12,
+        budget_ms: float = 150.0,
+        prior: float = 1.0,
+        probe_interval_s: float = 5.0,
+    ):
         self.encoder = encoder
         self.depth = depth
         self.budget_ms = budget_ms
         self.prior = prior
+        self.probe_interval_s = probe_interval_s
         self._recent: list[float] = []
+        self._last_probe = time.monotonic()
         self._lock = threading.Lock()
 
     def expected_ms(self) -> float:
@@ -149,7 +158,16 @@ class Reranker:
             return float(np.median(self._recent)) if self._recent else 0.0
 
     def fits(self, elapsed_ms: float) -> bool:
-        return elapsed_ms + self.expected_ms() <= self.budget_ms
+        """Within budget by its recent cost; else still once every ``probe_interval_s`` (while the budget is
+        not spent), so one slow call on a busy machine does not switch re-ranking off for good."""
+        if elapsed_ms + self.expected_ms() <= self.budget_ms:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if elapsed_ms < self.budget_ms and now - self._last_probe >= self.probe_interval_s:
+                self._last_probe = now
+                return True
+        return False
 
     def rerank(self, query: str, results: list, text_of) -> list:
         """``results`` (RetrievalResult, best first) re-ordered; ``text_of(passage)`` gives its index text."""

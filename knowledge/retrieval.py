@@ -144,8 +144,9 @@ class HybridRetriever:
         texts: Sequence[str] | None = None,
         probe_interval_s: float = 5.0,
         reranker=None,
-        rerank: bool = True,
+        rerank: bool = False,
         understanding: bool = True,
+        deep_budget_ms: float = 150.0,
     ) -> None:
         self.passages = list(passages)
         self.vector_index = vector_index
@@ -172,8 +173,11 @@ class HybridRetriever:
         known = [n for n in self.doc.rules if rule_key(n) in self._by_key] if self.doc is not None else None
         self.analyzer = QuestionAnalyzer(card_db, self.terms, known_rules=known, enabled=understanding)
         self.reranker = reranker
-        """A :class:`knowledge.rerank.Reranker`, or None: no second stage."""
+        """A :class:`knowledge.rerank.Reranker` (the cross-encoder), or None."""
         self.rerank_default = rerank
+        """Whether a search is *deep* by default: the answer path's second stage (each clause embedded and
+        searched too; then the cross-encoder, when there is one) under ``deep_budget_ms``."""
+        self.deep_budget_ms = deep_budget_ms
         self._texts = dict(
             zip((p.key for p in self.passages), texts or index_texts(self.passages, self.doc), strict=True)
         )
@@ -194,9 +198,9 @@ class HybridRetriever:
     def search_detailed(
         self, query: str, k: int = 8, kinds: Iterable[str] | None = None, rerank: bool | None = None
     ) -> SearchOutcome:
-        """``rerank``: None = this retriever's default (settings); re-ranking needs a trained re-ranker."""
+        """``rerank``: None = this retriever's default (settings): the deep second stage or not."""
         kind_set = frozenset(kinds) if kinds else None
-        deep = self.reranker is not None and (self.rerank_default if rerank is None else rerank)
+        deep = self.rerank_default if rerank is None else rerank
         key = (normalize_query(query), k, kind_set, deep)
         start = time.perf_counter()
         cached = self.cache.get(key)
@@ -233,9 +237,10 @@ class HybridRetriever:
                 for name, ranked in found.items():
                     lists.setdefault(name, []).extend(ranked)
             with self.tracker.stage("fuse"):
-                depth = max(k, self.reranker.depth) if deep else k  # type: ignore[union-attr]
+                crossing = deep and self.reranker is not None
+                depth = max(k, self.reranker.depth) if crossing else k  # type: ignore[union-attr]
                 outcome.results = self._fuse(lists, depth, kind_set)
-            if deep:
+            if crossing:
                 self._rerank(context, outcome, start)
             outcome.results = outcome.results[:k]
         outcome.timings_ms["total"] = (time.perf_counter() - start) * 1000.0
@@ -279,8 +284,8 @@ class HybridRetriever:
         own (larger) budget."""
         if not deep:
             return self.budget_ms
-        reranker = self.reranker
-        return max(self.budget_ms, reranker.budget_ms - reranker.expected_ms())  # type: ignore[union-attr]
+        rest = self.reranker.expected_ms() if self.reranker is not None else 0.0
+        return max(self.budget_ms, self.deep_budget_ms - rest)
 
     def _should_run(self, stage: str, elapsed_ms: float, deep: bool = False) -> bool:
         expected = self.tracker.expected_ms(stage) or 0.0

@@ -45,10 +45,13 @@ def _trained_embedder(path: str) -> Embedder | None:
 
 
 def serving_reranker(settings):
-    """The promoted re-ranker (a :class:`knowledge.rerank.Reranker`), or None: no re-ranking."""
+    """The promoted cross-encoder (a :class:`knowledge.rerank.Reranker`) when ``cross_encoder`` is on, else
+    None: the second stage is then the per-clause search alone."""
     from knowledge.rerank import load_reranker
 
     knowledge = settings.knowledge
+    if not knowledge.cross_encoder:
+        return None
     return load_reranker(
         serving_model_dir(settings, "reranker"),
         depth=knowledge.rerank_depth,

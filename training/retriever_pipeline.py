@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from knowledge.retriever_store import RetrieverStore
 from training.retriever import (
     ModelOutcome,
@@ -154,12 +156,10 @@ def _reranker_round(store, corpus, train, val, config, run_dir: Path) -> ModelOu
     data = cap_pairs(train, config.reranker_groups, config.seed)
     negatives = hard_negatives(data, corpus, encode, bm25.search, config.negatives, config.seed)
     stats = train_reranker(data, negatives, corpus, config, run_dir / "reranker")
-    # Validation candidates: the dense first stage's top rules, with the positive's family always present
-    # so the measure is the re-ranker's ordering, not the first stage's recall.
+    # Validation candidates: the dense first stage's top rules in its own order, the positive appended when
+    # the first stage missed it, so the baseline (no re-ranking) is the order users would get.
     val = val[:RERANK_VAL]
-    firsts = hard_negatives(val, corpus, encode, bm25.search, CANDIDATES - 1, config.seed + 1)
-    candidates = [[p.rule, *neg] for p, neg in zip(val, firsts, strict=True)]
-    candidates = [c[1:4] + c[:1] + c[4:] for c in candidates]  # the positive at rank 4, not first
+    candidates = first_stage(val, corpus, encode, CANDIDATES)
     serving = store.serving_dir("reranker")
     base = CrossEncoder.load(serving) if serving else None
 
@@ -182,6 +182,19 @@ def _reranker_round(store, corpus, train, val, config, run_dir: Path) -> ModelOu
         store.promote("reranker", outcome.version)
     outcome.serving = store.serving("reranker")
     return outcome
+
+
+def first_stage(pairs, corpus: RuleCorpus, encode, depth: int) -> list[list[str]]:
+    from training.retriever_data import family
+
+    scores = encode([p.query for p in pairs]) @ encode(corpus.texts).T
+    out = []
+    for row, pair in zip(scores, pairs, strict=True):
+        top = [corpus.numbers[j] for j in np.argsort(-row)[:depth]]
+        if not any(n in (pair.rule, family(pair.rule)) for n in top):
+            top = [*top[: depth - 1], pair.rule]
+        out.append(top)
+    return out
 
 
 class _RuleBM25:

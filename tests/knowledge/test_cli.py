@@ -264,7 +264,10 @@ def test_eval_retrieval_reports_recall(search_settings: Settings, tmp_path: Path
     report = json.loads(result.output)
     assert (report["k"], report["total"], report["scored"], report["hits"]) == (5, 4, 3, 2)
     assert report["recall"] == pytest.approx(2 / 3)
-    assert {"recall": 0.5, "hits": 1, "scored": 2}.items() <= report["by_difficulty"]["easy"].items()
+    easy = report["by_difficulty"]["easy"]
+    assert {key: easy[key] for key in ("recall", "hits", "scored")} == {"recall": 0.5, "hits": 1, "scored": 2}
+    assert easy["recall@5"] == 0.5 and 0 < easy["mrr"] <= 0.5  # added beside the original keys
+    assert 0 < report["mrr"] <= report["recall"] and report["recall_at"]["5"] == pytest.approx(2 / 3)
     assert report["by_difficulty"]["definition"]["hits"] == 1  # the multihop schema (gold_cr_rules, stratum)
     assert report["skipped"] == ["t4"]
     by_id = {r["id"]: r for r in report["results"]}
@@ -275,6 +278,7 @@ def test_eval_retrieval_reports_recall(search_settings: Settings, tmp_path: Path
     assert text.output.startswith("recall@5: 0.667 (2/3 questions, qa.jsonl)")
     assert "  easy: 0.500 (1/2)" in text.output
     assert "[t3] gold 100.1" in text.output
+    assert "recall@1 " in text.output and "MRR " in text.output
 
 
 def test_eval_retrieval_missing_file_is_one_line(cli_settings: Settings, tmp_path: Path):

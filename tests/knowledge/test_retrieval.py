@@ -211,3 +211,59 @@ def test_retriever_without_vectors_runs_lexical_stages_and_caches(
     assert outcome.stages_run == ["exact", "bm25", "graph"] and outcome.stages_skipped == []
     assert any(r.passage.citation.id.startswith("702.19") for r in outcome.results)
     assert retriever.search_detailed("how does trample work", k=5).cached
+
+
+class _PreferText:
+    """A stand-in cross-encoder: scores a passage high when it contains ``needle`` (ordering logic only)."""
+
+    def __init__(self, needle: str) -> None:
+        self.needle = needle
+
+    def score(self, query, texts):
+        import numpy as np
+
+        return np.array([10.0 if self.needle in t else 0.0 for t in texts], dtype=np.float32)
+
+
+def test_rerank_reorders_the_answer_path_and_search_can_opt_out(make_hybrid) -> None:
+    from knowledge.rerank import Reranker
+
+    query = "can a creature with deathtouch and trample assign 1 damage to a blocker"
+    plain = make_hybrid(cache=None).search(query, k=8, kinds=["rule"])
+    target = plain[5].passage  # something the first stage ranked sixth
+    reranker = Reranker(_PreferText(target.text[:60]), depth=8, budget_ms=1e9)  # type: ignore[arg-type]
+    retriever = make_hybrid(reranker=reranker, rerank=True)  # as make_retriever builds it for answers
+    outcome = retriever.search_detailed(query, k=8, kinds=["rule"])
+    assert outcome.results[0].passage.key == target.key
+    assert "rerank" in outcome.stages_run and "rerank" in outcome.results[0].sources
+    unranked = retriever.search_detailed(query, k=8, kinds=["rule"], rerank=False)
+    assert [r.passage.key for r in unranked.results] == [r.passage.key for r in plain]
+    assert "rerank" not in unranked.stages_run
+    assert (
+        make_hybrid(reranker=reranker, rerank=False).search(query, k=1, kinds=["rule"])[0].passage.key
+        == plain[0].passage.key
+    )
+
+
+def test_rerank_is_skipped_when_it_would_overrun_its_budget(make_hybrid) -> None:
+    from knowledge.rerank import Reranker
+
+    reranker = Reranker(_PreferText("zzz"), depth=8, budget_ms=5.0)  # type: ignore[arg-type]
+    reranker._recent = [50.0]  # it has been costing 50 ms
+    retriever = make_hybrid(reranker=reranker, rerank=True)
+    outcome = retriever.search_detailed("how does trample work", k=5)
+    assert "rerank" in outcome.stages_skipped and outcome.results
+    assert not retriever.search_detailed("how does trample work", k=5).cached  # degraded: not cached
+
+
+def test_game_terms_and_clauses_reach_their_defining_rules(make_hybrid) -> None:
+    question = (
+        "In a four-player game Player A is eliminated while Player B controls a creature "
+        "that Player A owns and Player C has the monarch"
+    )
+    before = make_hybrid(understanding=False).search_detailed(question, k=10, kinds=["rule"])
+    after = make_hybrid().search_detailed(question, k=10, kinds=["rule"])
+    ids_after = [r.passage.citation.id for r in after.results]
+    assert "800.4a" in ids_after  # "eliminated" -> leaving the game
+    assert any("graph" in r.sources for r in after.results if r.passage.citation.id == "800.4a")
+    assert "understand" in after.timings_ms and "understand" in before.timings_ms

@@ -62,7 +62,9 @@ def test_retrieval_falls_back_to_the_untrained_embedder(tmp_path: Path, caplog):
     from hexcore.settings import KnowledgeSettings, PathSettings, Settings
     from knowledge.retriever_models import retrieval_embedder, serving_reranker
 
-    settings = Settings(paths=PathSettings(state_dir=tmp_path), knowledge=KnowledgeSettings())
+    settings = Settings(
+        paths=PathSettings(state_dir=tmp_path), knowledge=KnowledgeSettings(cross_encoder=True)
+    )
     store = RetrieverStore.from_settings(settings)
     store.promote("embedder", store.save_new("embedder", _model_dir(tmp_path / "bad", "not a model")))
     store.promote("reranker", store.save_new("reranker", _model_dir(tmp_path / "bad2", "not a model")))
@@ -72,3 +74,13 @@ def test_retrieval_falls_back_to_the_untrained_embedder(tmp_path: Path, caplog):
     assert embedder.model_id == "all-MiniLM-L6-v2"
     assert reranker is None
     assert "untrained" in caplog.text and "without re-ranking" in caplog.text
+
+
+def test_the_cross_encoder_is_off_unless_asked_for(tmp_path: Path):
+    from hexcore.settings import KnowledgeSettings, PathSettings, Settings
+    from knowledge.retriever_models import serving_reranker
+
+    settings = Settings(paths=PathSettings(state_dir=tmp_path), knowledge=KnowledgeSettings())
+    store = RetrieverStore.from_settings(settings)
+    store.promote("reranker", store.save_new("reranker", _model_dir(tmp_path / "m", "x")))
+    assert serving_reranker(settings) is None  # default: no cross-encoder even with one promoted
