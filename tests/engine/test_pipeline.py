@@ -138,15 +138,18 @@ def test_answer_cites_exactly_the_prompt_passages_and_drops_invented_rules(pipel
 
 @pytest.mark.slow
 def test_the_deciding_rule_leads_the_prompt_and_the_answer(pipeline: AnswerPipeline) -> None:
-    turn = prepare(pipeline, "How does trample work when the blocker dies?")
-    assert turn.lead is not None and turn.lead.passage.citation.id == "702.19d"
+    turn = prepare(pipeline, "Can a creature with defender attack?")
+    assert turn.lead is not None and turn.lead.passage.citation.id == "702.3b"
     assert turn.passages[0] == turn.lead.passage  # first in the prompt too
-    assert "no creatures blocking it" in turn.lead.sentence  # the answering sentence, not the heading
-    assert turn.opening == "Rule 702.19d says that"
-    assert pipeline.tokenizer.decode(turn.input_ids).endswith("assistant\nRule 702.19d says that")
+    assert turn.lead.sentence == "A creature with defender can’t attack."
+    assert turn.opening == "Rule 702.3b says that"
+    assert pipeline.tokenizer.decode(turn.input_ids).endswith("assistant\nRule 702.3b says that")
+    trample = prepare(pipeline, "How does trample work when the blocker dies?")
+    assert trample.lead is not None and trample.lead.passage.citation.id.startswith("702.19")
+    assert trample.lead.passage.citation.id != "702.19"  # a rule that says something, never the heading
     data = pipeline.finish(turn, " x", prefill_ms=1, generate_ms=1, generated_tokens=1).to_json()
     assert data["lead"] == {
-        "id": "702.19d",
+        "id": "702.3b",
         "kind": "rule",
         "release": RELEASE,
         "text": turn.lead.passage.text,
