@@ -31,6 +31,9 @@ from engine.grounding import RULE_NUMBER, UNVERIFIED
 
 SUPPORT_THRESHOLD = 0.7
 """Least share of a sentence's content words found in one quoted passage or the question (calibrated)."""
+PHRASE_THRESHOLD = 0.95
+"""Least share of a sentence's word trigrams found in its best passage or the question (calibrated): the
+sentence must restate the sources' own phrases, not recombine their words."""
 MIN_CHECKED_WORDS = 2
 """A sentence with fewer content words is a bare verdict ("Yes.") or filler, and cannot be supported."""
 
@@ -67,6 +70,20 @@ def content_tokens(text: str) -> list[str]:
 
 def content_words(text: str) -> set[str]:
     return set(content_tokens(text))
+
+
+def trigrams(text: str) -> set[tuple[str, str, str]]:
+    """Word trigrams (lowercased words and numbers, the opening left out): the phrases a text states."""
+    words = re.findall(r"[a-z0-9/+'’-]+", _OPENING.sub(" ", text).lower())
+    return {tuple(words[i : i + 3]) for i in range(len(words) - 2)}  # type: ignore[misc]
+
+
+def phrase_support(sentence: str, backing: str) -> float:
+    """Share of the sentence's word trigrams that ``backing`` states too (1.0 for a sentence too short to
+    have any). A restatement keeps the rule's phrases; a small model's recombination of its words
+    ("a creature with deathtouch is considered to be a state-based action") does not."""
+    grams = trigrams(sentence)
+    return len(grams & trigrams(backing)) / len(grams) if grams else 1.0
 
 
 def numbers_in(text: str) -> set[str]:
@@ -111,6 +128,7 @@ def sentence_support(
     passages: Sequence[str],
     question: str,
     threshold: float = SUPPORT_THRESHOLD,
+    phrase_threshold: float = PHRASE_THRESHOLD,
 ) -> SentenceSupport:
     """How well one sentence is supported by its best passage (plus the question)."""
     words = content_words(sentence)
@@ -135,6 +153,10 @@ def sentence_support(
         )
     if has_negation(sentence) and not has_negation(backing):
         return SentenceSupport(sentence, best_score, "negates what the sources say")
+    if phrase_support(sentence, backing) < phrase_threshold:
+        return SentenceSupport(
+            sentence, best_score, "recombines the sources' words into a claim they don't make"
+        )
     return SentenceSupport(sentence, best_score)
 
 

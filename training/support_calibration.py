@@ -85,3 +85,47 @@ def calibrate(cases: Sequence[SupportCase], target_rejection: float = TARGET_REJ
             break
     kept = sum(s >= threshold for s in pos) / len(pos)
     return Calibration(threshold, kept, rejected, len(pos), len(neg))
+
+
+# ---- phrases: restatements keep the rule's phrases, recombinations do not ----
+
+
+@dataclass(frozen=True, slots=True)
+class PhraseCase:
+    sentence: str
+    passage: str
+    faithful: bool
+
+
+def build_phrase_cases(doc: RulesDocument, seed: int = 0) -> list[PhraseCase]:
+    """Faithful restatements (a rule sentence without its last clause) and recombinations (the start of one
+    sentence of a rule joined to the end of another of the same rule: its words, a claim it does not make)."""
+    from knowledge.lead import split_sentences as spans_of
+
+    rng = random.Random(seed)
+    cases: list[PhraseCase] = []
+    for rule in doc.rules.values():
+        sentences = [rule.text[s:e] for s, e in spans_of(rule.text)]
+        for i, sentence in enumerate(sentences):
+            head, comma, _ = sentence.rstrip(".").rpartition(",")
+            if comma and len(head.split()) >= 5:
+                cases.append(PhraseCase(head + ".", rule.text, True))
+            others = [o for j, o in enumerate(sentences) if j != i and len(o.split()) >= 6]
+            if len(sentence.split()) >= 6 and others:
+                a, b = sentence.split(), rng.choice(others).split()
+                cases.append(PhraseCase(" ".join(a[: len(a) // 2] + b[len(b) // 2 :]), rule.text, False))
+    return cases
+
+
+def calibrate_phrases(cases: Sequence[PhraseCase]) -> dict[float, tuple[float, float]]:
+    """For thresholds 0.5-1.0: (share of faithful restatements kept, share of recombinations rejected)."""
+    from engine.support import phrase_support
+
+    scores = [(phrase_support(c.sentence, c.passage), c.faithful) for c in cases]
+    pos = [s for s, f in scores if f]
+    neg = [s for s, f in scores if not f]
+    out = {}
+    for step in range(10, 21):
+        t = step / 20
+        out[t] = (sum(s >= t for s in pos) / len(pos), sum(s < t for s in neg) / len(neg))
+    return out

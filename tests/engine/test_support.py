@@ -86,10 +86,23 @@ def test_the_best_single_passage_counts_not_the_union() -> None:
 
 def test_the_question_backs_the_situation_it_describes() -> None:
     question = "My Wall of Stone has defender. Can it attack?"
-    assert (
-        sentence_support("Wall of Stone has defender, so it can't attack.", [DEFENDER], question).problem
-        is None
+    for sentence in ("My Wall of Stone has defender.", "A creature with defender can't attack."):
+        assert sentence_support(sentence, [DEFENDER], question).problem is None
+    # Its words are all backed, but "has defender, so it can't" is a phrase no source states: not shown.
+    stitched = sentence_support("Wall of Stone has defender, so it can't attack.", [DEFENDER], question)
+    assert stitched.problem is not None and stitched.problem.startswith("recombines")
+
+
+def test_a_recombination_of_the_rules_words_is_not_shown() -> None:
+    deathtouch = (
+        "Any nonzero amount of combat damage assigned to a creature by a source with deathtouch is considered "
+        "to be lethal damage for the purposes of determining assignment. Deathtouch is checked as a "
+        "state-based action."
     )
+    garbled = "A creature with deathtouch is considered to be a state-based action."
+    result = sentence_support(garbled, [deathtouch], "What does deathtouch do?")
+    assert result.score >= SUPPORT_THRESHOLD  # every word is the rule's...
+    assert result.problem is not None and result.problem.startswith("recombines")  # ...the claim is not
 
 
 def test_words_numbers_and_negations() -> None:

@@ -6,7 +6,13 @@ import pytest
 
 from engine.support import SUPPORT_THRESHOLD
 from training.relevance_calibration import calibrate_relevance, in_domain_questions, offtopic_questions
-from training.support_calibration import TARGET_REJECTION, build_cases, calibrate
+from training.support_calibration import (
+    TARGET_REJECTION,
+    build_cases,
+    build_phrase_cases,
+    calibrate,
+    calibrate_phrases,
+)
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +73,10 @@ def test_the_served_relevance_threshold_is_the_calibrated_one(real_engine_settin
     rejected = sum(score(q) < RELEVANCE_THRESHOLD for q in offtopic) / len(offtopic)
     assert kept >= 0.97 and rejected >= 0.1, (kept, rejected)
     assert abs(calibrate_relevance(score, in_domain, offtopic).threshold - RELEVANCE_THRESHOLD) <= 0.05
+
+
+def test_the_served_phrase_threshold_keeps_restatements_and_rejects_recombinations(rules_doc) -> None:
+    from engine.support import PHRASE_THRESHOLD
+
+    kept, rejected = calibrate_phrases(build_phrase_cases(rules_doc))[PHRASE_THRESHOLD]
+    assert kept >= 0.99 and rejected >= 0.95
