@@ -351,7 +351,8 @@ class AnswerPipeline:
             answer.verdict, answer.text = turn.calculated.verdict, turn.calculated.steps_text
             answer.text_cites, answer.support = list(turn.calculated.solution.rules), "calculator"
         elif turn.lead is not None:
-            support = check_support(guarded, [p.text for p in passages], turn.request.question, report.kept)
+            quoted = {p.citation.id: p.text for p in passages}
+            support = check_support(guarded, quoted, turn.request.question, report.kept)
             answer.support = support.reason
             answer.prose_shown = support.shown
             if support.shown:

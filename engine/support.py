@@ -23,7 +23,8 @@ are in docs/BENCHMARKS.md. The same check applies to any model, so a better mode
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+import string
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -162,7 +163,7 @@ def sentence_support(
 
 def check_support(
     text: str,
-    passages: Iterable[str],
+    passages: Mapping[str, str] | Iterable[str],
     question: str,
     cites: Sequence[str],
     threshold: float = SUPPORT_THRESHOLD,
@@ -170,7 +171,9 @@ def check_support(
     """Whether ``text`` (already through the grounding guard) may be shown above the quoted sources.
 
     ``cites`` are the quoted rules the text cites (``GroundingReport.kept``); ``passages`` the texts of the
-    quoted sources.
+    quoted sources, by rule number (or card name) when known. A sentence that names a rule ("Rule 700.4
+    says that ...") must be backed by that rule's own text: the model copying another quoted rule's words
+    under the lead's number would misattribute them.
     """
     prose = text.replace(UNVERIFIED, " ").strip()
     if not prose:
@@ -179,9 +182,21 @@ def check_support(
         return SupportReport(False, "cites no quoted rule")
     if UNVERIFIED in text:
         return SupportReport(False, "cites a rule that was not quoted")
-    texts = list(passages)
-    sentences = [sentence_support(s, texts, question, threshold) for s in split_prose(prose)]
+    by_id = dict(passages) if isinstance(passages, Mapping) else dict(enumerate(passages))
+    sentences = [sentence_support(s, _backing_for(s, by_id), question, threshold) for s in split_prose(prose)]
     failed = next((s for s in sentences if s.problem), None)
     if failed is not None:
         return SupportReport(False, f"{failed.problem}: {failed.sentence!r}", sentences)
     return SupportReport(True, "supported", sentences)
+
+
+def _backing_for(sentence: str, by_id: Mapping[object, str]) -> list[str]:
+    """The passages that may back ``sentence``: the rules it names (or their sub-rules), else all."""
+    named = set(RULE_NUMBER.findall(sentence))
+    if not named or not any(isinstance(key, str) for key in by_id):  # no rule named, or ids unknown
+        return list(by_id.values())
+    return [
+        text
+        for key, text in by_id.items()
+        if isinstance(key, str) and (key in named or key.rstrip(string.ascii_lowercase) in named)
+    ]

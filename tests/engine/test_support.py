@@ -111,3 +111,21 @@ def test_words_numbers_and_negations() -> None:
     assert numbers_in("It deals 3 damage to two creatures (rule 702.19b), +1/+1.") == {"3", "2", "1/1"}
     assert numbers_in("one or more creatures") == set()
     assert has_negation("It can't attack") and has_negation("it does not") and not has_negation("it can")
+
+
+def test_a_sentence_naming_a_rule_must_be_backed_by_that_rules_text() -> None:
+    quoted = {"702.3b": DEFENDER, "702.19b": TRAMPLE_B}
+    question = "Can a creature with defender attack?"
+    right = check_support(
+        "Rule 702.3b says that a creature with defender can't attack.", quoted, question, ["702.3b"]
+    )
+    assert right.shown
+    # Another quoted rule's words under this rule's number: a misattribution, never shown.
+    wrong = check_support(
+        "Rule 702.3b says that the controller of an attacking creature with trample first assigns damage to "
+        "the creature(s) blocking it.",
+        quoted,
+        question,
+        ["702.3b"],
+    )
+    assert not wrong.shown
