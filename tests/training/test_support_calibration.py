@@ -55,11 +55,15 @@ def test_relevance_calibration_keeps_in_domain_questions(rules_doc) -> None:
 @pytest.mark.slow
 def test_the_served_relevance_threshold_is_the_calibrated_one(real_engine_settings) -> None:
     from engine.pipeline import RELEVANCE_THRESHOLD
+    from hexcore.settings import KnowledgeSettings
     from knowledge.base import KnowledgeBase
     from knowledge.embeddings import get_embedder
     from knowledge.lead import LeadSelector
 
-    kb = KnowledgeBase.load(real_engine_settings())
+    # Every retrieval stage runs (no latency budget), so a busy machine cannot change the scores.
+    settings = real_engine_settings()
+    settings.knowledge = KnowledgeSettings(retrieval_budget_ms=60_000, rerank_budget_ms=60_000)
+    kb = KnowledgeBase.load(settings)
     selector = LeadSelector(get_embedder().encode)
 
     def score(question: str) -> float:
@@ -67,8 +71,8 @@ def test_the_served_relevance_threshold_is_the_calibrated_one(real_engine_settin
         return lead.score if lead else 0.0
 
     in_domain, offtopic = in_domain_questions(kb.doc), offtopic_questions()
-    # Retrieval runs under its latency budget, so a busy machine can shift scores a little: the served
-    # threshold must still keep nearly all the rules' questions and turn away most off-topic ones.
+    # The served threshold keeps nearly all the rules' questions and turns away some off-topic ones (few since
+    # question understanding: see docs/BENCHMARKS.md), and it is what the calibration gives.
     kept = sum(score(q) >= RELEVANCE_THRESHOLD for q in in_domain) / len(in_domain)
     rejected = sum(score(q) < RELEVANCE_THRESHOLD for q in offtopic) / len(offtopic)
     assert kept >= 0.97 and rejected >= 0.1, (kept, rejected)
