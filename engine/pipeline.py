@@ -158,11 +158,6 @@ class Turn:
         return "\n".join(filter(None, [self.calculated.verdict, self.calculated.steps_text]))
 
     @property
-    def answerable(self) -> bool:
-        """False when no retrieved rule is about the question: the answer says so without generating."""
-        return self.lead is not None
-
-    @property
     def passages(self) -> list[Any]:
         return self.context.passages
 

@@ -76,12 +76,13 @@ class RemoteRunner:
             except KnowledgeError as exc:
                 item.fail(GenerationError(f"retrieval failed: {exc}"))
                 continue
-            if turn.lead is None:  # nothing relevant was found: say so at once, without generating
-                item.finish(
-                    self.pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
-                )
+            if not turn.generates:  # the calculator answered, or nothing relevant was found: no model call
+                answer = self.pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
+                if request.session_id is not None:
+                    self.conversations.put(request.session_id, next_history(turn.messages, turn.fixed_text))
+                item.finish(answer)
                 continue
-            item.emit(LeadFound(turn.lead))
+            item.emit(LeadFound(turn.lead))  # what the user reads first, while the server writes
             prepared.append((item, turn))
         if not prepared:
             return

@@ -89,6 +89,15 @@ async def test_remote_answer_is_grounded_and_cited_in_process(engine: LocalEngin
     assert status.alive and status.adapters == {"reason": "remote:reason", "explain": "remote:explain"}
 
 
+async def test_a_board_question_is_answered_by_the_calculator_without_a_server_call(
+    engine: LocalEngine, server: ScriptedServer
+):
+    before = len(server.requests)
+    answer = await engine.ask(AnswerRequest("A 6/6 trampler is blocked by a 3/3, how much damage do I take?"))
+    assert answer.verdict == "You take 3 damage." and answer.support == "calculator"
+    assert len(server.requests) == before  # the server never saw it
+
+
 async def test_expert_without_a_module_on_the_server_is_an_adapter_error(
     engine: LocalEngine, server: ScriptedServer
 ):

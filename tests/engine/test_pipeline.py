@@ -177,7 +177,7 @@ def test_prose_that_restates_the_rule_is_shown_and_a_bare_verdict_is_not(pipelin
 @pytest.mark.slow
 def test_a_question_no_rule_is_about_quotes_nothing(pipeline: AnswerPipeline) -> None:
     turn = prepare(pipeline, "How tall is Mount Everest?")
-    assert turn.lead is None and not turn.answerable and turn.passages == [] and turn.opening == ""
+    assert turn.lead is None and not turn.generates and turn.passages == [] and turn.opening == ""
     answer = pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
     assert answer.text == NOT_FOUND and "/rule" in answer.text and "/card" in answer.text
     assert answer.citations == [] and answer.lead is None and not answer.prose_shown
