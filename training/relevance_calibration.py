@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.support import split_prose
 from knowledge.models import RulesDocument
+from training.support_calibration import worked_examples
 
 OFFTOPIC = Path(__file__).parent / "data" / "offtopic_questions.txt"
 KEEP = 0.98
@@ -26,12 +26,7 @@ KEEP = 0.98
 def in_domain_questions(doc: RulesDocument, limit: int = 200) -> list[str]:
     """Questions the rules answer: half long (the situations of CR examples), half short (a glossary term
     asked about the way players ask: "How does trample work?", "What is a token?")."""
-    long = []
-    for rule in doc.rules.values():
-        for example in rule.examples:
-            sentences = split_prose(example)
-            if len(sentences) >= 2:
-                long.append(" ".join(sentences[:-1]))
+    long = [situation for _, _, situation, _ in worked_examples(doc)]
     forms = ("What is {}?", "How does {} work?", "What happens with {}?")
     short = [forms[i % len(forms)].format(term.lower()) for i, term in enumerate(doc.glossary)]
     return _spread(long, limit // 2) + _spread(short, limit - limit // 2)

@@ -32,15 +32,21 @@ class SupportCase:
     supported: bool
 
 
-def build_cases(doc: RulesDocument, seed: int = 0) -> list[SupportCase]:
-    """Supported and unsupported (conclusion, passage, situation) cases from every example with a situation."""
-    worked: list[tuple[str, str, str, str]] = []  # (rule, rule text, situation, conclusion)
+def worked_examples(doc: RulesDocument) -> list[tuple[str, str, str, str]]:
+    """(rule number, rule text, situation, conclusion) of every CR example of two or more sentences: its
+    last sentence concludes, the ones before set up the situation."""
+    worked = []
     for number, rule in doc.rules.items():
         for example in rule.examples:
             sentences = split_prose(example)
-            if len(sentences) < 2:
-                continue
-            worked.append((number, rule.text, " ".join(sentences[:-1]), sentences[-1]))
+            if len(sentences) >= 2:
+                worked.append((number, rule.text, " ".join(sentences[:-1]), sentences[-1]))
+    return worked
+
+
+def build_cases(doc: RulesDocument, seed: int = 0) -> list[SupportCase]:
+    """Supported and unsupported (conclusion, passage, situation) cases from every example with a situation."""
+    worked = worked_examples(doc)
     rng = random.Random(seed)
     cases: list[SupportCase] = []
     for number, text, situation, conclusion in worked:
