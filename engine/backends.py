@@ -21,21 +21,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from engine.errors import EngineError, GenerationError
+from engine.errors import BackendConfigError, EngineError, GenerationError
 
 if TYPE_CHECKING:
     from hexcore.settings import EngineSettings, Settings
 
 Message = dict[str, str]
 BACKENDS = ("local", "remote")
-
-
-class BackendConfigError(EngineError):
-    """The backend settings are unusable (unknown backend, remote without a URL); says what to set."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.user_message = message
 
 
 @dataclass(frozen=True, slots=True)

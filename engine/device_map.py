@@ -34,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.model_loader import ModelLoadError
+from engine.errors import ModelLoadError
 
 GiB = 2**30
 Device = int | str

@@ -55,3 +55,37 @@ class GenerationError(EngineError):
 
 class RequestCancelled(EngineError):
     """The request was cancelled by its caller before it finished."""
+
+
+class ModelLoadError(EngineError):
+    """The base model could not be found or loaded; the message says what to set or install."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.user_message = message
+
+
+class BackendConfigError(EngineError):
+    """The backend settings are unusable (unknown backend, remote without a URL); says what to set."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.user_message = message
+
+
+class RemoteTimeout(GenerationError):
+    """The remote generation server stayed silent longer than the read timeout."""
+
+    user_message = "The answering server is too slow right now. Please try again in a moment."
+
+
+class RemoteOverloaded(EngineOverloaded):
+    """The remote server refused the request as overloaded (429, or 503 after the retries)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(ahead=0)  # the server does not say how many are ahead
+        self.args = (f"generation server overloaded: {detail}",)
+
+    @property
+    def user_message(self) -> str:  # type: ignore[override]
+        return "The answering server is busy right now. Please try again in a moment."

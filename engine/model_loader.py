@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from engine.errors import EngineError
+from engine.errors import ModelLoadError
 from hexcore.settings import EngineSettings, PathSettings
 
 log = logging.getLogger(__name__)
@@ -53,14 +53,6 @@ _DTYPES = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
-
-
-class ModelLoadError(EngineError):
-    """The base model could not be found or loaded; the message says what to set or install."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.user_message = message
 
 
 @dataclass(slots=True)

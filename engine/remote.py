@@ -36,14 +36,16 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from engine.api import Expert
-from engine.backends import BackendConfigError, BackendHealth, Message
+from engine.backends import BackendHealth, Message
 from engine.errors import (
     AdapterError,
+    BackendConfigError,
     EngineDead,
     EngineError,
-    EngineOverloaded,
     GenerationError,
     InvalidRequest,
+    RemoteOverloaded,
+    RemoteTimeout,
 )
 
 if TYPE_CHECKING:
@@ -53,24 +55,6 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 INVALID_STATUSES = frozenset({400, 413, 422})
-
-
-class RemoteTimeout(GenerationError):
-    """The server stayed silent longer than the read timeout."""
-
-    user_message = "The answering server is too slow right now. Please try again in a moment."
-
-
-class RemoteOverloaded(EngineOverloaded):
-    """The server refused the request as overloaded (429, or 503 after the retries)."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(ahead=0)  # the server does not say how many are ahead
-        self.args = (f"generation server overloaded: {detail}",)
-
-    @property
-    def user_message(self) -> str:  # type: ignore[override]
-        return "The answering server is busy right now. Please try again in a moment."
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from engine.device_map import (
     plan_device_map,
     uncovered_parameters,
 )
-from engine.model_loader import ModelLoadError
+from engine.errors import ModelLoadError
 
 # mistralai/Mixtral-8x7B-v0.1 config.json
 MIXTRAL_8X7B = dict(

@@ -14,9 +14,9 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file
 
+from engine.errors import ModelLoadError
 from engine.model_loader import (
     CACHE_MARKER,
-    ModelLoadError,
     _cache_is_current,
     _source_record,
     embedded_gguf_path,

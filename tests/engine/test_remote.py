@@ -24,14 +24,22 @@ import pytest
 from engine.api import Expert
 from engine.backends import (
     BackendCall,
-    BackendConfigError,
     GenerationBackend,
     backend_kind,
     create_backend,
     run_calls,
 )
-from engine.errors import AdapterError, EngineDead, EngineOverloaded, GenerationError, InvalidRequest
-from engine.remote import RemoteBackend, RemoteConfig, RemoteOverloaded, RemoteTimeout, iter_sse_data
+from engine.errors import (
+    AdapterError,
+    BackendConfigError,
+    EngineDead,
+    EngineOverloaded,
+    GenerationError,
+    InvalidRequest,
+    RemoteOverloaded,
+    RemoteTimeout,
+)
+from engine.remote import RemoteBackend, RemoteConfig, iter_sse_data
 from hexcore.settings import EngineSettings
 from tests.engine.scripted_server import ScriptedServer, running_server
 
