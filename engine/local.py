@@ -38,11 +38,13 @@ from engine.conversations import ConversationStore
 from engine.errors import EngineDead, EngineError, GenerationError
 from engine.pipeline import AnswerPipeline, RequestRecord, validate_request
 from engine.runner import BatchRunner, load_fusion
+from engine.runner_core import EngineRunner
 from engine.worker import EngineWorker
 from knowledge.errors import KnowledgeError
 
 if TYPE_CHECKING:
-    from engine.remote_runner import RemoteRunner
+    from engine.router import Router
+    from engine.sessions import SessionStore
     from hexcore.settings import Settings
     from knowledge.base import KnowledgeBase
     from knowledge.models import Card, Rule
@@ -85,7 +87,7 @@ class LocalEngine:
 
         self.settings = settings or get_settings()
         self._knowledge = knowledge
-        self._router: Any = None
+        self._router: Router | None = None
         self._progress = progress
         self.before_generate = before_generate
         self.preload_adapters = preload_adapters
@@ -93,7 +95,7 @@ class LocalEngine:
         if conversations is None:  # in memory; the bot passes one kept in the state dir
             conversations = ConversationStore(engine.max_conversations, engine.conversation_ttl_s)
         self.conversations = conversations
-        self._runner: BatchRunner | RemoteRunner | None = None
+        self._runner: EngineRunner | None = None
         self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.records: deque[RequestRecord] = deque(maxlen=LATENCY_WINDOW)
         self._worker = EngineWorker(
@@ -161,8 +163,7 @@ class LocalEngine:
         runner = self._runner
         if runner is not None:
             runner.pipeline.scenarios.end(session_id)
-        if isinstance(runner, BatchRunner):
-            runner.sessions.end(session_id)
+            runner.end_session(session_id)
 
     # ------------------------------------------------------------------------------------ status
 
@@ -176,8 +177,8 @@ class LocalEngine:
             queue_depth=worker.queue_depth,
             queue_capacity=worker.queue_capacity,
             sessions=len(self.conversations),
-            session_bytes=runner.sessions.bytes if isinstance(runner, BatchRunner) else 0,
-            adapters=_serving_versions(runner),
+            session_bytes=self.kv_sessions.bytes if self.kv_sessions is not None else 0,
+            adapters=runner.serving_versions() if runner is not None else {},
             latency_p95_ms=p95,
             restarts=worker.restarts,
             last_error=worker.last_error,
@@ -188,8 +189,8 @@ class LocalEngine:
         runner = self._runner
         return {
             "worker": asdict(self._worker.status()),
-            "kv_sessions": asdict(runner.sessions.stats()) if isinstance(runner, BatchRunner) else None,
-            "adapters": runner.registry.stats() if isinstance(runner, BatchRunner) else None,
+            "kv_sessions": asdict(self.kv_sessions.stats()) if self.kv_sessions is not None else None,
+            "adapters": runner.adapter_stats() if runner is not None else None,
             "conversations": len(self.conversations),
         }
 
@@ -198,9 +199,9 @@ class LocalEngine:
         return self._worker
 
     @property
-    def kv_sessions(self) -> Any:
-        """The current ``SessionStore`` (KV caches), or None while no runner is loaded."""
-        return self._runner.sessions if isinstance(self._runner, BatchRunner) else None
+    def kv_sessions(self) -> SessionStore | None:
+        """The current ``SessionStore`` (KV caches), or None while no runner is loaded (or a remote one)."""
+        return self._runner.kv_sessions if self._runner is not None else None
 
     # ------------------------------------------------------------------------------------ lookups
 
@@ -228,12 +229,12 @@ class LocalEngine:
         if self._progress is not None:
             self._progress(message)
 
-    def _require_runner(self) -> BatchRunner:
+    def _require_runner(self) -> EngineRunner:
         if self._runner is None:
             raise EngineDead("the engine is not running")
         return self._runner
 
-    def _build_runner(self) -> BatchRunner | RemoteRunner:
+    def _build_runner(self) -> EngineRunner:
         """The worker's runner factory: runs in the worker thread, at start and after every crash."""
         from engine.adapter_store import AdapterStore, ensure_initial_adapters
         from engine.adapters import AdapterRegistry
@@ -312,11 +313,3 @@ def _default_threads() -> None:
 
     if not torch.cuda.is_available():  # never more than a caller already chose (tests pin 1)
         torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - 1)))
-
-
-def _serving_versions(runner: BatchRunner | RemoteRunner | None) -> dict[str, str]:
-    if runner is None:
-        return {}
-    if isinstance(runner, BatchRunner):
-        return runner.registry.serving_versions()
-    return runner.serving_versions()

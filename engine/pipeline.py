@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.api import Answer, AnswerRequest, Expert
 from engine.calculator import Calculated, ScenarioMemory, calculate
-from engine.errors import AdapterError, InvalidRequest
+from engine.errors import InvalidRequest
+from engine.experts import Planner, Routing, serve_all
 from engine.grounding import allowed_rule_numbers, guard_text
 from engine.language import check_english
 from engine.prompts import (
@@ -109,22 +110,14 @@ def validate_request(request: AnswerRequest, default_max_new_tokens: int) -> Ans
 
 
 @dataclass(slots=True)
-class Routing:
-    experts: list[Expert]
-    """Best first."""
-    scores: dict[Expert, float]
-    """The router's score per expert (empty when the request fixed its experts)."""
-    routed: bool
-    ms: float = 0.0
-    """Time the router took."""
-
-
-@dataclass(slots=True)
 class Turn:
     """One prepared request: everything generation needs, and everything the answer will cite."""
 
     request: AnswerRequest
     experts: list[Expert]
+    """The experts that answer, best first (their instructions shape the prompt)."""
+    adapters: list[Expert | None]
+    """What generates: one adapter (None: the base model), or several fused (``engine.experts``)."""
     routed: bool
     """True when the router chose the experts (False: the request fixed them)."""
     scores: dict[Expert, float]
@@ -222,23 +215,6 @@ class AnswerPipeline:
         ms = (time.perf_counter() - started) * 1000
         return Routing(list(decision.experts), dict(decision.scores), routed=True, ms=ms)
 
-    @staticmethod
-    def servable(routing: Routing, available: Collection[Expert] | None) -> list[Expert]:
-        """The experts that will answer, given those whose adapters are served (``available``; None: all).
-
-        A fixed expert that is not available is an ``AdapterError`` (the user asked for it by name); routed
-        experts that are not available are dropped, and when none is left the best one answers on the base
-        model.
-        """
-        if available is None:
-            return list(routing.experts)
-        if not routing.routed:
-            missing = [e for e in routing.experts if e not in available]
-            if missing:
-                raise AdapterError(missing[0].value, "no adapter is being served for this expert")
-            return list(routing.experts)
-        return [e for e in routing.experts if e in available] or routing.experts[:1]
-
     def retrieval_query(self, question: str, history: Sequence[Message]) -> str:
         """The question, plus the previous question when this one is a short follow-up in a conversation."""
         if not history or len(question.split()) >= FOLLOW_UP_WORDS:
@@ -254,51 +230,33 @@ class AnswerPipeline:
         request: AnswerRequest,
         history: Sequence[Message] = (),
         submitted_at: float | None = None,
-        available: Collection[Expert] | None = None,
-        routing: Routing | None = None,
+        planner: Planner = serve_all,
     ) -> Turn:
-        """Route (unless ``routing`` is given), retrieve, assemble and build the prompt for one request."""
+        """Route, plan the experts (``planner``: the runner's, it knows what it serves), find the sources
+        (the calculator, else retrieval and the lead), assemble them and build the prompt for one request."""
         submitted_at = time.perf_counter() if submitted_at is None else submitted_at
-        timings: dict[str, float] = {}
         clock = time.perf_counter()
-        timings["queue"] = (clock - submitted_at) * 1000
-
-        routing = routing or self.route(request)
-        experts = self.servable(routing, available)
+        timings = {"queue": (clock - submitted_at) * 1000}
+        routing = self.route(request)
         timings["route"] = routing.ms
         clock = time.perf_counter()
-
+        plan = planner(routing)
+        clock = _lap(timings, "adapters", clock)
         history = trim_history(history, self.history_chars)
-        calculated = calculate(self.knowledge, request.question, self.scenarios.get(request.session_id))
-        clock = _lap(timings, "calculator", clock)
-        if calculated is not None:  # a board-state question: the calculator's rules are the sources
-            self.scenarios.put(request.session_id, calculated.solution.scenario)
-            results = [RetrievalResult(p, 1.0, frozenset({"calculator"})) for p in calculated.passages]
-            lead = self.lead_selector.select(request.question, results, ranked=False)
-        else:
-            query = self.retrieval_query(request.question, history)
-            results = self.knowledge.search(query, k=self.retrieve_k)
-            clock = _lap(timings, "retrieve", clock)
-            lead = self.find_lead(query, results)
-        clock = _lap(timings, "lead", clock)
-        if lead is None:
-            results = []  # nothing is about the question: quote nothing rather than unrelated rules
-        else:  # the deciding rule goes first in the prompt, as in the answer
-            results = sorted(results, key=lambda r: r.passage.key != lead.passage.key)
-
+        results, lead, calculated = self._sources(request, history, timings)
+        clock = time.perf_counter()
         context = self.knowledge.assemble(results, self.context_tokens, self.count_tokens)
-        messages = build_messages(experts, request.question, context.text, history)
+        messages = build_messages(plan.experts, request.question, context.text, history)
         input_ids = encode_messages(self.tokenizer, messages)
         opening = ""
         if lead is not None and calculated is None and self.open_with_lead:
             opening = answer_opening(lead.passage)
-        if opening:
             input_ids += self.tokenizer(opening, add_special_tokens=False)["input_ids"]
         _lap(timings, "assemble", clock)
-
         return Turn(
             request=request,
-            experts=experts,
+            experts=plan.experts,
+            adapters=plan.adapters,
             routed=routing.routed,
             scores=routing.scores,
             context=context,
@@ -312,6 +270,33 @@ class AnswerPipeline:
             opening=opening,
             calculated=calculated,
         )
+
+    def _sources(
+        self, request: AnswerRequest, history: Sequence[Message], timings: dict[str, float]
+    ) -> tuple[list[RetrievalResult], Lead | None, Calculated | None]:
+        """What the answer quotes, the lead first: the calculator's rules for a board it understood, else the
+        retrieved passages; nothing when no passage is relevant enough."""
+        clock = time.perf_counter()
+        calculated = calculate(self.knowledge, request.question, self.scenarios.get(request.session_id))
+        clock = _lap(timings, "calculator", clock)
+        if calculated is not None:  # a board-state question: the calculator's rules are the sources
+            self.scenarios.put(request.session_id, calculated.solution.scenario)
+            results = [RetrievalResult(p, 1.0, frozenset({"calculator"})) for p in calculated.passages]
+            lead = self.lead_selector.select(request.question, results, ranked=False)
+        else:
+            query = self.retrieval_query(request.question, history)
+            results = self.knowledge.search(query, k=self.retrieve_k)
+            clock = _lap(timings, "retrieve", clock)
+            lead = self.find_lead(query, results)
+        _lap(timings, "lead", clock)
+        if lead is None:
+            return (
+                [],
+                None,
+                calculated,
+            )  # nothing is about the question: quote nothing rather than unrelated rules
+        # The deciding rule goes first in the prompt, as in the answer.
+        return sorted(results, key=lambda r: r.passage.key != lead.passage.key), lead, calculated
 
     def finish(
         self,

@@ -11,34 +11,36 @@ attention needs the experts' hidden states, which an OpenAI-compatible API does 
 from __future__ import annotations
 
 import logging
-import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from engine.api import Expert, LeadFound, TokenDelta
-from engine.backends import BackendCall, GenerationBackend, run_calls
-from engine.errors import EngineError, GenerationError, RequestCancelled
-from engine.grounding import StreamGuard
-from engine.pipeline import AnswerPipeline, RequestRecord, Turn
-from engine.prompts import next_history
-from engine.streaming import WorkItem
-from knowledge.errors import KnowledgeError
+from engine.api import Expert
+from engine.backends import BackendCall, CallOutcome, GenerationBackend, run_calls
+from engine.errors import RequestCancelled
+from engine.experts import ExpertPlan, Routing, plan_experts
+from engine.pipeline import AnswerPipeline, RequestRecord
+from engine.runner_core import Generated, Prepared, RunnerCore, failing
+
+if TYPE_CHECKING:
+    from engine.conversations import ConversationStore
+    from engine.streaming import WorkItem
 
 log = logging.getLogger(__name__)
 
 
 class RemoteRunner:
+    """The engine worker's runner when a remote server generates (see the module docstring)."""
+
     def __init__(
         self,
         pipeline: AnswerPipeline,
         backend: GenerationBackend,
-        conversations: Any,
+        conversations: ConversationStore,
         *,
-        on_record: Any = None,
+        on_record: Callable[[RequestRecord], None] | None = None,
     ) -> None:
-        self.pipeline = pipeline
+        self.core = RunnerCore(pipeline, conversations, self.plan, on_record)
         self.backend = backend
-        self.conversations = conversations
-        self.on_record = on_record
         self.served: dict[str, str] = {}
         self._refresh_served()
 
@@ -49,8 +51,23 @@ class RemoteRunner:
         else:
             log.warning("remote generation server unavailable at start: %s", health.error)
 
+    # ---- what the engine asks of every runner ----
+
+    @property
+    def pipeline(self) -> AnswerPipeline:
+        return self.core.pipeline
+
+    @property
+    def kv_sessions(self) -> None:
+        """None: the server's prefix cache reuses a conversation's shared prefix."""
+        return None
+
     def serving_versions(self) -> dict[str, str]:
         return {expert: f"remote:{name}" for expert, name in self.served.items()}
+
+    def adapter_stats(self) -> None:
+        """None: the server owns the adapters."""
+        return None
 
     def reload_adapters(self) -> dict[Expert, str]:
         """The server owns the adapters: re-export them and restart it (``hexcore adapters export``)."""
@@ -58,95 +75,52 @@ class RemoteRunner:
         self._refresh_served()
         return {}
 
+    def end_session(self, session_id: str) -> None:
+        """Nothing kept here per conversation: the server's prefix cache reuses the shared prefix."""
+
     def close(self) -> None:
         self.backend.close()
 
-    def run(self, items: list[WorkItem]) -> None:
-        prepared: list[tuple[WorkItem, Turn]] = []
-        for item in items:
-            if item.cancelled:
-                continue
-            request = item.payload.request
-            try:
-                history = self.conversations.get(request.session_id)
-                turn = self.pipeline.prepare(request, history, item.payload.submitted_at)
-            except EngineError as exc:
-                item.fail(exc)
-                continue
-            except KnowledgeError as exc:
-                item.fail(GenerationError(f"retrieval failed: {exc}"))
-                continue
-            if not turn.generates:  # the calculator answered, or nothing relevant was found: no model call
-                answer = self.pipeline.finish(turn, "", prefill_ms=0.0, generate_ms=0.0, generated_tokens=0)
-                if request.session_id is not None:
-                    self.conversations.put(request.session_id, next_history(turn.messages, turn.fixed_text))
-                item.finish(answer)
-                continue
-            item.emit(LeadFound(turn.lead))  # what the user reads first, while the server writes
-            prepared.append((item, turn))
-        if not prepared:
-            return
-        guards = [StreamGuard(turn.allowed_rules) for _, turn in prepared]
-        calls = [
-            BackendCall(
-                messages=turn.messages,
-                expert=turn.experts[0].value if turn.experts else None,
-                max_new_tokens=turn.max_new_tokens,
-                cancel_event=item.cancel_event,
-                on_delta=self._emitter(item, guard),
-            )
-            for (item, turn), guard in zip(prepared, guards, strict=True)
-        ]
-        started = time.perf_counter()
-        outcomes = run_calls(self.backend, calls)
-        for (item, turn), guard, outcome in zip(prepared, guards, outcomes, strict=True):
-            self._settle(item, turn, guard, outcome, started)
+    # ---- generation ----
 
     @staticmethod
-    def _emitter(item: WorkItem, guard: StreamGuard):
-        def emit(delta: str) -> None:
-            out = guard.feed(delta)
-            if out:
-                item.emit(TokenDelta(out))
+    def plan(routing: Routing) -> ExpertPlan:
+        """The best expert answers: fusing needs the experts' hidden states, which the API does not return."""
+        return plan_experts(routing, None, can_fuse=False)
 
-        return emit
+    def run(self, items: list[WorkItem]) -> None:
+        prepared = self.core.prepare(items)
+        if not prepared:
+            return
+        calls = [
+            BackendCall(
+                messages=p.turn.messages,
+                expert=p.turn.adapters[0].value if p.turn.adapters[0] is not None else None,
+                max_new_tokens=p.turn.max_new_tokens,
+                cancel_event=p.item.cancel_event,
+                on_delta=p.stream.feed,
+            )
+            for p in prepared
+        ]
+        for p, outcome in zip(prepared, run_calls(self.backend, calls), strict=True):
+            with failing(p.item, "building the answer"):
+                self._settle(p, outcome)
 
-    def _settle(self, item: WorkItem, turn: Turn, guard: StreamGuard, outcome: Any, started: float) -> None:
+    def _settle(self, prepared: Prepared, outcome: CallOutcome) -> None:
         if outcome.error is not None:
-            item.fail(outcome.error)
+            prepared.item.fail(outcome.error)
             return
-        if outcome.cancelled or item.cancelled:
-            item.fail(RequestCancelled("cancelled"))
+        if outcome.cancelled:
+            prepared.item.fail(RequestCancelled("cancelled"))
             return
-        tail = guard.finish()
-        if tail:
-            item.emit(TokenDelta(tail))
-        answer = self.pipeline.finish(
-            turn,
+        generated = Generated(
             outcome.text,
+            "stop",
             prefill_ms=outcome.ttft_ms or 0.0,
             generate_ms=outcome.total_ms,
-            generated_tokens=outcome.deltas,
+            adapters=tuple(f"remote:{e.value}" for e in prepared.turn.experts[:1]),
+            prompt_tokens=len(prepared.turn.input_ids),
+            new_tokens=outcome.deltas,
+            batch_size=1,
         )
-        if turn.request.session_id is not None:
-            self.conversations.put(
-                turn.request.session_id, next_history(turn.messages, turn.opening + outcome.text)
-            )
-        if self.on_record is not None:
-            self.on_record(_record(turn, answer))
-        item.finish(answer)
-
-
-def _record(turn: Turn, answer: Any) -> RequestRecord:
-    return RequestRecord(
-        question=turn.request.question,
-        experts=[e.value for e in turn.experts],
-        adapters=[f"remote:{e.value}" for e in turn.experts[:1]],
-        fused=False,
-        prompt_tokens=len(turn.input_ids),
-        reused_tokens=0,
-        new_tokens=answer.generated_tokens,
-        batch_size=1,
-        finish_reason="stop",
-        timings_ms=answer.timings_ms,
-    )
+        self.core.settle(prepared, generated)

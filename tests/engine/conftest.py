@@ -58,3 +58,7 @@ def tiny_model_factory(embedded_tokenizer: Any) -> Callable[..., LoadedModel]:
 def tiny_model(tiny_model_factory: Callable[..., LoadedModel]) -> LoadedModel:
     """One shared tiny random Llama (seed 0, float32): fast plumbing tests. Read-only."""
     return tiny_model_factory()
+
+
+# The worker test kit's fixtures (tests/engine/spell_runner.py), for test_worker*.py.
+from tests.engine.spell_runner import make_worker, spell  # noqa: E402, F401

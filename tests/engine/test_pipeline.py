@@ -6,12 +6,14 @@ the rules release, and the grounding guard removes rule numbers those passages d
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
 
 from engine.api import AnswerRequest, Expert
 from engine.errors import AdapterError, InvalidRequest
+from engine.experts import plan_experts
 from engine.grounding import UNVERIFIED
 from engine.pipeline import MAX_QUESTION_CHARS, NO_PROSE, NOT_FOUND, AnswerPipeline, validate_request
 from engine.prompts import EXPERT_INSTRUCTIONS, next_history
@@ -109,10 +111,13 @@ def test_fixed_expert_is_used_and_shapes_the_prompt(pipeline: AnswerPipeline) ->
 def test_unavailable_experts(pipeline: AnswerPipeline) -> None:
     request = validate_request(AnswerRequest("What is trample?", experts=(Expert.TEACH,)), 24)
     with pytest.raises(AdapterError) as info:
-        pipeline.prepare(request, available={Expert.EXPLAIN})
+        pipeline.prepare(request, planner=lambda r: plan_experts(r, {Expert.EXPLAIN}, can_fuse=True))
     assert info.value.expert == "teach"
-    routed = pipeline.prepare(validate_request(AnswerRequest("What is trample?"), 24), available=set())
-    assert len(routed.experts) == 1  # nothing served: the router's best expert, on the base model
+    nothing_served = functools.partial(plan_experts, served=set(), can_fuse=True)
+    routed = pipeline.prepare(validate_request(AnswerRequest("What is trample?"), 24), planner=nothing_served)
+    assert len(routed.experts) == 1 and routed.adapters == [
+        None
+    ]  # the router's best expert, on the base model
 
 
 @pytest.mark.slow
