@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers.cache_utils import DynamicCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from engine.kv_cache import ATTENTION_NAME, GrowCache, attention_implementation, decode_attention
 from engine.model_loader import LoadedModel
@@ -134,3 +136,36 @@ def test_a_tiny_model_through_grow_cache_equals_a_dynamic_cache(tiny_model: Load
             ).logits
     for i, (_, step) in enumerate(reference):
         torch.testing.assert_close(logits[i : i + 1], step)
+
+
+# ---- the generator's attention: many queries (prefill) ----
+
+
+class _Attention(torch.nn.Module):
+    is_causal = True
+    num_key_value_groups = 3
+
+
+@pytest.mark.parametrize("past", [0, 37])
+def test_prefill_attention_equals_transformers_sdpa(past: int) -> None:
+    """Native GQA in SDPA gives exactly what transformers' repeat-the-keys path gives: with a mask over a
+    reused prefix (a follow-up turn) and without one (a fresh prompt, causal)."""
+    torch.manual_seed(0)
+    new, heads, kv_heads, dim = 11, 9, 3, 16
+    query = torch.randn(1, heads, new, dim, dtype=torch.bfloat16)
+    # The cache keeps keys in float32 and hands out views of a longer buffer.
+    keys = torch.randn(1, kv_heads, past + new + 5, dim)[:, :, : past + new]
+    values = torch.randn(1, kv_heads, past + new + 5, dim, dtype=torch.bfloat16)[:, :, : past + new]
+    mask = None
+    if past:
+        mask = torch.ones(new, past + new, dtype=torch.bool).tril(past)[None, None]
+    module = _Attention()
+    ours, _ = decode_attention(module, query, keys, values, mask, scaling=dim**-0.5)
+    theirs, _ = sdpa_attention_forward(module, query, keys.to(query.dtype), values, mask, scaling=dim**-0.5)
+    assert ours.shape == (1, new, heads, dim)
+    assert torch.equal(ours, theirs)
+    if past:  # the mask matters: without it the new tokens would see each other's future
+        unmasked = sdpa_attention_forward(
+            module, query, keys.to(query.dtype), values, torch.ones_like(mask), scaling=dim**-0.5
+        )[0]
+        assert not torch.equal(ours, unmasked)
