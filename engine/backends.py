@@ -18,35 +18,28 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from engine.backend_types import BackendHealth, Message
 from engine.errors import BackendConfigError, EngineError, GenerationError
 
 if TYPE_CHECKING:
     from hexcore.settings import EngineSettings, Settings
 
-Message = dict[str, str]
+__all__ = [
+    "BACKENDS",
+    "BackendCall",
+    "BackendHealth",
+    "CallOutcome",
+    "GenerationBackend",
+    "Message",
+    "backend_kind",
+    "create_backend",
+    "run_calls",
+]
+
 BACKENDS = ("local", "remote")
-
-
-@dataclass(frozen=True, slots=True)
-class BackendHealth:
-    """What a backend can serve right now."""
-
-    ok: bool
-    """The server answered its model list."""
-    url: str
-    models: tuple[str, ...] = ()
-    """Every model name the server serves (base model and LoRA modules)."""
-    base_model: str | None = None
-    """The model used when no expert is asked for."""
-    experts: dict[str, str] = field(default_factory=dict)
-    """Expert -> served model name, for the experts the server has a module for."""
-    missing_experts: tuple[str, ...] = ()
-    """Experts with no module on the server (asking for them raises ``AdapterError``)."""
-    latency_ms: float | None = None
-    error: str | None = None
 
 
 @runtime_checkable

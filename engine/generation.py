@@ -13,6 +13,10 @@ plain rows together, rows joining and leaving mid-batch, and per-job timings nee
 Two things transformers does slowly on CPU are replaced for decoding (``engine.kv_cache``): the KV cache is
 preallocated and written in place, and attention for a single query is two matmuls and a softmax.
 
+The pieces: ``engine.decode_batch`` (the job, its stats, the rows and the batch), ``engine.detokenize``
+(ids to streamed text, the loop stop), ``engine.kv_cache`` (the cache and its attention). Their public
+names are importable from here too.
+
 What the tests check: in float32, row i of a batch gives exactly the tokens of job i run alone, and
 ``transformers.generate``'s; a session follow-up equals recomputing the full prompt; streamed deltas
 concatenate to the final text. In bfloat16 the CPU matmul kernels round a row differently depending on
@@ -22,19 +26,42 @@ how many rows share the call, so a near-tie can flip: batched and alone agree to
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, DynamicCache
 
+from engine.adapters import AdapterRegistry
+from engine.decode_batch import DecodeBatch, DecodeRow, GenJob, GenStats
+from engine.detokenize import (
+    IncrementalDetokenizer,
+    RepetitionStop,
+    cut_repeated_tail,
+    decode_text,
+)
 from engine.errors import AdapterError, EngineError, GenerationError, InvalidRequest
 from engine.kv_cache import ATTENTION_NAME, GrowCache, attention_implementation
+from engine.model_loader import LoadedModel
 from engine.sessions import SessionStore, cache_from_tensors
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+__all__ = [
+    "BASE_ADAPTER",
+    "STOP_TOKENS",
+    "GenJob",
+    "GenStats",
+    "Generator",
+    "IncrementalDetokenizer",
+    "RepetitionStop",
+    "cut_repeated_tail",
+    "decode_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,240 +70,25 @@ BASE_ADAPTER = "__base__"
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
-@dataclass(slots=True)
-class GenStats:
-    """Per-job timings and counts, passed to ``on_done``."""
-
-    prompt_tokens: int = 0
-    reused_tokens: int = 0
-    """Prompt tokens taken from the session cache instead of being prefilled."""
-    new_tokens: int = 0
-    """Generated tokens, excluding the stop token."""
-    queue_ms: float = 0.0
-    """From ``submitted_at`` to the start of this job's prefill."""
-    prefill_ms: float = 0.0
-    ttft_ms: float = 0.0
-    """From ``submitted_at`` to the first generated token."""
-    decode_ms: float = 0.0
-    """From the first generated token to the last."""
-    total_ms: float = 0.0
-    batch_size: int = 1
-    """Largest number of rows decoded together while this job ran."""
-    finish_reason: str = ""
-    """``stop`` (a stop token), ``length`` (max_new_tokens), ``cancelled``."""
-    adapter: str | None = None
-
-    @property
-    def decode_tok_s(self) -> float:
-        return (
-            (self.new_tokens - 1) / (self.decode_ms / 1000)
-            if self.new_tokens > 1 and self.decode_ms > 0
-            else 0.0
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
-        out["decode_tok_s"] = self.decode_tok_s
-        return out
-
-
-def _noop(*_: Any) -> None:
-    return None
-
-
-def _never() -> bool:
-    return False
-
-
-@dataclass(slots=True)
-class GenJob:
-    """One generation request. Callbacks run in the worker thread: keep them quick and non-blocking."""
-
-    input_ids: list[int]
-    adapter_name: str | None = None
-    """A peft adapter of the model; None or ``"__base__"`` = the base model."""
-    max_new_tokens: int = 160
-    eos_token_ids: Sequence[int] | None = None
-    """Stop tokens; None = the tokenizer's (``<|im_end|>``, ``<|endoftext|>``, eos)."""
-    session_id: str | None = None
-    """Reuse and update this conversation's KV cache (see ``engine.sessions``)."""
-    on_token: Callable[[str], None] = _noop
-    """Receives text deltas; never a split multi-byte character. Concatenated: the final text."""
-    on_done: Callable[[list[int], GenStats], None] = _noop
-    """Generated ids (without the stop token) and stats; also called for a cancelled job."""
-    on_error: Callable[[BaseException], None] = _noop
-    """An ``engine.errors.EngineError``; then no ``on_done``."""
-    is_cancelled: Callable[[], bool] = _never
-    """Polled before prefill and every decode step; True stops the job and frees its slot."""
-    temperature: float = 0.0
-    """0 = greedy (the default)."""
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop_on_repeat: int = 0
-    """End the answer when it repeats an n-gram of *itself* this long (finish reason ``repetition``;
-    the prompt is exempt: quoting the rules is the point). 0 = off. Small models fall into loops ("The
-    answer is: ... The answer is: ..."); banning the repeat instead made them misspell their way around it."""
-    logits_processor: Callable[[list[int], torch.Tensor], torch.Tensor] | None = None
-    """``(ids so far, float32 next-token scores) -> scores`` before the choice: ban tokens, constrain, inspect."""
-    seed: int | None = None
-    submitted_at: float = field(default_factory=time.perf_counter)
-
-
-def decode_text(tokenizer: Any, ids: Sequence[int]) -> str:
-    """The text of generated ids, exactly as the streamed deltas add up to."""
-    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-class IncrementalDetokenizer:
-    """Turns a growing list of token ids into text deltas without splitting a UTF-8 character.
-
-    Byte-level BPE tokens can end mid-character; such text decodes to U+FFFD, so the delta is held back
-    until the character completes. Only a short window of recent tokens is decoded each step.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.text = ""
-        self._prefix = 0  # window start: a token boundary where the text was complete
-        self._read = 0  # end of the tokens already turned into text
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix_text = decode_text(self._tokenizer, self.ids[self._prefix : self._read])
-        window_text = decode_text(self._tokenizer, self.ids[self._prefix :])
-        if len(window_text) <= len(prefix_text) or window_text.endswith("\ufffd"):
-            return ""
-        delta = window_text[len(prefix_text) :]
-        self._prefix, self._read = self._read, len(self.ids)
-        self.text += delta
-        return delta
-
-    def finish(self) -> str:
-        """What is still held back (an incomplete character at the very end decodes as U+FFFD)."""
-        full = decode_text(self._tokenizer, self.ids)
-        delta = full[len(self.text) :] if full.startswith(self.text) else ""
-        self.text += delta
-        return delta
-
-
-# ---- rows and the batch ----
-
-
-@dataclass(slots=True)
-class _Row:
-    job: GenJob
-    prompt: list[int]
-    eos: frozenset[int]
-    max_new: int
-    adapter: str
-    detok: IncrementalDetokenizer
-    stats: GenStats
-    generated: list[int] = field(default_factory=list)
-    pos: int = 0
-    """Tokens of this row in the cache = the column (and position id) of the next token fed."""
-    rng: torch.Generator | None = None
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
-    done: bool = False
-    ngrams: set[tuple[int, ...]] | None = None
-    """With ``stop_on_repeat`` n: the answer's n-grams so far."""
-
-    def repeats(self) -> bool:
-        """Whether the newest token completed an n-gram the answer already contained (then remember it)."""
-        n = self.job.stop_on_repeat
-        if self.ngrams is None or len(self.generated) < n:
-            return False
-        gram = tuple(self.generated[-n:])
-        if gram in self.ngrams:
-            return True
-        self.ngrams.add(gram)
-        return False
-
-    @property
-    def reach(self) -> int:
-        """Cache columns this row may still need."""
-        return self.pos + self.max_new - len(self.generated) + 1
-
-
-class _Batch:
-    """The rows decoding together and their shared cache (rows start at column 0, see above)."""
-
-    def __init__(self, n_layers: int) -> None:
-        self.n_layers = n_layers
-        self.rows: list[_Row] = []
-        self.cache: GrowCache | None = None
-
-    def add(self, joined: list[tuple[_Row, GrowCache]]) -> None:
-        """Append rows, each with its own prefilled one-row cache."""
-        if self.cache is None and len(joined) == 1:
-            self.rows, self.cache = [joined[0][0]], joined[0][1]
-            return
-        rows = self.rows + [row for row, _ in joined]
-        capacity = max(row.reach for row in rows)
-        width = max(row.pos for row in rows)
-        cache = GrowCache(self.n_layers)
-        for li, layer in enumerate(cache.layers):
-            sources = [(self.cache.layers[li], len(self.rows))] if self.cache is not None else []
-            sources += [(c.layers[li], 1) for _, c in joined]
-            ref = sources[0][0]
-            shape = (len(rows), ref.keys.shape[1], capacity, ref.keys.shape[3])
-            keys, values = ref.keys.new_zeros(shape), ref.values.new_zeros(shape)
-            r = 0
-            for source, n in sources:
-                keys[r : r + n, :, : source._len] = source.keys
-                values[r : r + n, :, : source._len] = source.values
-                r += n
-            layer.adopt(keys, values, width)
-        self.rows, self.cache = rows, cache
-
-    def remove(self, indices: list[int]) -> None:
-        drop = set(indices)
-        keep = [i for i in range(len(self.rows)) if i not in drop]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache = None
-            return
-        index = torch.tensor(keep, device=self.cache.layers[0].keys.device)
-        width = max(row.pos for row in self.rows)
-        for layer in self.cache.layers:
-            layer.adopt(layer._kbuf.index_select(0, index), layer._vbuf.index_select(0, index), width)
-
-    def prepare_step(self, device: torch.device) -> torch.Tensor | None:
-        """Point the cache at each row's next column; the attention mask (None when no row is shorter)."""
-        positions = [row.pos for row in self.rows]
-        width = max(positions) + 1
-        cursor = self.cache.cursor
-        cursor.positions = torch.tensor(positions, device=device)
-        cursor.rows = torch.arange(len(positions), device=device)
-        cursor.width = width
-        if min(positions) + 1 == width:
-            return None
-        columns = torch.arange(width, device=device)
-        return (columns.unsqueeze(0) <= cursor.positions.unsqueeze(1)).reshape(len(positions), 1, 1, width)
-
-    def row_tensors(self, i: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Views of row ``i``'s keys/values (copy them before keeping them)."""
-        n = self.rows[i].pos
-        return [(layer._kbuf[i : i + 1, :, :n], layer._vbuf[i : i + 1, :, :n]) for layer in self.cache.layers]
-
-
 class Generator:
     """Runs ``GenJob`` batches on one model. Not re-entrant: one ``run_batch`` at a time (the worker thread)."""
 
     def __init__(
         self,
-        model: Any,
-        tokenizer: Any | None = None,
+        model: AdapterRegistry | LoadedModel | nn.Module,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         sessions: SessionStore | None = None,
         *,
         max_batch_size: int = 8,
     ) -> None:
-        self._registry = None
-        if hasattr(model, "peft_model") and hasattr(model, "loaded"):  # an engine.adapters.AdapterRegistry
+        """``model``: the model itself (a transformers model or a PeftModel), a ``LoadedModel`` (its
+        tokenizer is the default), or an ``AdapterRegistry``, followed to the PeftModel it wraps the
+        model in when it registers its first adapter."""
+        self._registry: AdapterRegistry | None = None
+        if isinstance(model, AdapterRegistry):
             self._registry, tokenizer = model, tokenizer or model.loaded.tokenizer
             model = model.model
-        elif hasattr(model, "tokenizer") and hasattr(model, "model"):  # an engine.model_loader.LoadedModel
+        elif isinstance(model, LoadedModel):
             tokenizer = tokenizer or model.tokenizer
             model = model.model
         if tokenizer is None:
@@ -299,11 +111,11 @@ class Generator:
         self.default_eos = frozenset(_stop_ids(tokenizer, model))
         self._lock = threading.Lock()
 
-    def _use_model(self, model: Any) -> None:
+    def _use_model(self, model: nn.Module) -> None:
         self.model = model
         self.is_peft = _is_peft(model)
         self.device = _device_of(model)
-        self._config = model.config
+        self._config: PretrainedConfig = model.config
 
     # ---- public API ----
 
@@ -330,12 +142,12 @@ class Generator:
 
     def _run(self, pending: list[GenJob], admit: Callable[[int], Sequence[GenJob]] | None) -> None:
         """Continuous batching: fill free slots (prefill each newcomer alone), decode one step, retire."""
-        batch = _Batch(self.n_layers)
+        batch = DecodeBatch()
         while True:
             free = self.max_batch_size - len(batch.rows)
             if admit is not None and free > len(pending):
                 pending.extend(admit(free - len(pending)))
-            joined: list[tuple[_Row, GrowCache]] = []
+            joined: list[tuple[DecodeRow, GrowCache]] = []
             while pending and len(batch.rows) + len(joined) < self.max_batch_size:
                 started = self._start(pending.pop(0))
                 if started is not None:
@@ -400,7 +212,7 @@ class Generator:
 
     # ---- one job: validate, reuse its session, prefill, first token ----
 
-    def _start(self, job: GenJob) -> tuple[_Row, GrowCache] | None:
+    def _start(self, job: GenJob) -> tuple[DecodeRow, GrowCache] | None:
         """Prefill one job alone; returns it with its cache, or None when it already finished or failed."""
         started = time.perf_counter()
         stats = GenStats(prompt_tokens=len(job.input_ids), queue_ms=(started - job.submitted_at) * 1000)
@@ -434,11 +246,11 @@ class Generator:
         row.pos = len(row.prompt)
         self._accept(row, token)
         if row.done:  # finished at once (stop token, max_new_tokens=1, cancelled, on_token failed)
-            self._store_session(row, [(layer.keys, layer.values) for layer in cache.layers])
+            self._store_session(row, cache.row_tensors(0, row.pos))
             return None
         return row, cache
 
-    def _new_row(self, job: GenJob, stats: GenStats) -> _Row:
+    def _new_row(self, job: GenJob, stats: GenStats) -> DecodeRow:
         if not job.input_ids:
             raise InvalidRequest("The prompt is empty.")
         if len(job.input_ids) >= self.max_positions:
@@ -458,7 +270,7 @@ class Generator:
         if job.temperature > 0:
             rng = torch.Generator(device="cpu")
             rng.manual_seed(job.seed if job.seed is not None else int(torch.randint(1 << 62, ()).item()))
-        return _Row(
+        return DecodeRow(
             job=job,
             prompt=[int(t) for t in job.input_ids],
             eos=frozenset(job.eos_token_ids) if job.eos_token_ids is not None else self.default_eos,
@@ -467,15 +279,15 @@ class Generator:
             detok=IncrementalDetokenizer(self.tokenizer),
             stats=stats,
             rng=rng,
-            ngrams=set() if job.stop_on_repeat > 0 else None,
+            stop=RepetitionStop(job.stop_on_repeat),
         )
 
-    def _session_prefix(self, row: _Row) -> tuple[DynamicCache | None, int]:
+    def _session_prefix(self, row: DecodeRow) -> tuple[DynamicCache | None, int]:
         if self.sessions is None or row.job.session_id is None:
             return None, 0
         return self.sessions.prepare(row.job.session_id, row.prompt, tag=row.adapter)
 
-    def _store_session(self, row: _Row, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _store_session(self, row: DecodeRow, tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Keep the row's cache: its prompt and every generated token but the last (never fed back)."""
         if self.sessions is None or row.job.session_id is None or row.stats.finish_reason == "error":
             return
@@ -489,7 +301,7 @@ class Generator:
 
     # ---- one decode step for the whole batch ----
 
-    def _step(self, batch: _Batch) -> list[int]:
+    def _step(self, batch: DecodeBatch) -> list[int]:
         rows = batch.rows
         tokens = torch.tensor([[row.generated[-1]] for row in rows], device=self.device)
         positions = torch.tensor([[row.pos] for row in rows], device=self.device)
@@ -517,7 +329,7 @@ class Generator:
         )
         return out.logits[:, -1, :]
 
-    def _choose(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+    def _choose(self, logits: torch.Tensor, rows: list[DecodeRow]) -> list[int]:
         """Next token per row: greedy for the whole batch in one op; sampling and penalties row by row."""
         chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
@@ -546,7 +358,7 @@ class Generator:
 
     # ---- one row's bookkeeping ----
 
-    def _accept(self, row: _Row, token: int) -> None:
+    def _accept(self, row: DecodeRow, token: int) -> None:
         """Take the row's next token: stop on a stop token, else stream it; then the length limit and
         cancellation."""
         if row.done:
@@ -576,7 +388,7 @@ class Generator:
         if row.stats.finish_reason:
             self._complete(row)
 
-    def _complete(self, row: _Row) -> None:
+    def _complete(self, row: DecodeRow) -> None:
         row.done = True
         tail = row.detok.finish()
         if tail:
@@ -588,7 +400,7 @@ class Generator:
         row.stats.total_ms = (time.perf_counter() - row.job.submitted_at) * 1000
         _safe_call(row.job.on_done, ids, row.stats)
 
-    def _fail(self, row: _Row, exc: BaseException) -> None:
+    def _fail(self, row: DecodeRow, exc: BaseException) -> None:
         if row.done:
             return
         row.done = True
@@ -600,25 +412,7 @@ class Generator:
 # ---- helpers ----
 
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
-
-
-def cut_repeated_tail(text: str, repeated: str) -> str:
-    """The answer without the loop it fell into: drop the repeated run (``repeated``, the decoded n-gram
-    that stopped it) and the unfinished sentence it started, back to the last sentence end.
-
-    Keeps ``text`` unchanged when it does not end with the run, or when no sentence ends before it.
-    """
-    body = text.rstrip()
-    run = repeated.strip()
-    if not run or not body.endswith(run):
-        return text
-    body = body[: len(body) - len(run)]
-    ends = [m.end() for m in _SENTENCE_END.finditer(body)]
-    return body[: ends[-1]].rstrip() if ends else text
-
-
-def _is_peft(model: Any) -> bool:
+def _is_peft(model: nn.Module) -> bool:
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -626,14 +420,14 @@ def _is_peft(model: Any) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _device_of(model: Any) -> torch.device:
+def _device_of(model: nn.Module) -> torch.device:
     try:
         return model.get_input_embeddings().weight.device
     except AttributeError:
         return next(model.parameters()).device
 
 
-def _stop_ids(tokenizer: Any, model: Any) -> set[int]:
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: nn.Module) -> set[int]:
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), tokenizer):
         value = getattr(source, "eos_token_id", None)

@@ -15,14 +15,17 @@ the reductions then round differently in bfloat16).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 class Cursor:
@@ -51,12 +54,42 @@ class GrowLayer(DynamicLayer):
         self._vbuf: torch.Tensor | None = None
         self._len = 0  # columns in use (prefill: the row's length; decode: the longest row's)
 
+    @property
+    def length(self) -> int:
+        """Columns in use: ``keys``/``values`` are the buffers' first ``length`` columns."""
+        return self._len
+
     def adopt(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+        """Use ``keys``/``values`` (batch, heads, capacity, dim) as the buffers, ``length`` columns in use."""
         self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
         self._kbuf, self._vbuf, self._len = keys, values, length
         self.keys, self.values = keys[:, :, :length], values[:, :, :length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+    def adopt_rows(self, sources: Sequence[GrowLayer], capacity: int, length: int) -> None:
+        """New buffers of ``capacity`` columns holding the rows of ``sources`` in order (each row's columns
+        from 0, zeros after its own length), ``length`` columns in use."""
+        ref = sources[0].keys
+        shape = (sum(s.keys.shape[0] for s in sources), ref.shape[1], capacity, ref.shape[3])
+        keys, values = ref.new_zeros(shape), sources[0].values.new_zeros(shape)
+        r = 0
+        for source in sources:
+            n = source.keys.shape[0]
+            keys[r : r + n, :, : source.length] = source.keys
+            values[r : r + n, :, : source.length] = source.values
+            r += n
+        self.adopt(keys, values, length)
+
+    def keep_rows(self, index: torch.Tensor, length: int) -> None:
+        """Keep only the rows ``index`` (in that order), with their buffers' capacity; ``length`` in use."""
+        self.adopt(self._kbuf.index_select(0, index), self._vbuf.index_select(0, index), length)
+
+    def row(self, i: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of row ``i``'s first ``length`` keys and values (copy them before keeping them)."""
+        return self._kbuf[i : i + 1, :, :length], self._vbuf[i : i + 1, :, :length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         cursor = self._cursor
         end = self._len + key_states.shape[2] if cursor.positions is None else cursor.width
         if self._kbuf is None or end > self._kbuf.shape[2]:
@@ -82,11 +115,44 @@ class GrowLayer(DynamicLayer):
 
 
 class GrowCache(Cache):
-    """The model-facing cache of a batch (or of one job's prefill)."""
+    """The model-facing cache of a batch (or of one job's prefill).
+
+    Prefill appends after ``length``; before a decode step, ``decode_at`` says where each row's new
+    token goes. ``stack``, ``keep_rows`` and ``row_tensors`` let a batch gain, drop and hand out rows.
+    """
+
+    layers: list[GrowLayer]
 
     def __init__(self, n_layers: int, capacity: int = 0, key_dtype: torch.dtype | None = None) -> None:
         self.cursor = Cursor()
         super().__init__(layers=[GrowLayer(self.cursor, capacity, key_dtype) for _ in range(n_layers)])
+
+    @classmethod
+    def stack(cls, caches: Sequence[GrowCache], capacity: int, length: int) -> GrowCache:
+        """A cache holding every row of ``caches`` in order, with room for ``capacity`` columns."""
+        cache = cls(len(caches[0].layers))
+        for li, layer in enumerate(cache.layers):
+            layer.adopt_rows([source.layers[li] for source in caches], capacity, length)
+        return cache
+
+    def keep_rows(self, rows: Sequence[int], length: int) -> None:
+        """Drop every row not in ``rows``; ``length`` columns stay in use (the longest row left)."""
+        index = torch.tensor(list(rows), device=self.layers[0].keys.device)
+        for layer in self.layers:
+            layer.keep_rows(index, length)
+
+    def row_tensors(self, i: int, length: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, views of row ``i``'s first ``length`` keys and values (copy them to keep them)."""
+        return [layer.row(i, length) for layer in self.layers]
+
+    def decode_at(self, positions: Sequence[int], device: torch.device) -> torch.Tensor:
+        """Point the next forward pass (one token per row) at column ``positions[i]`` of row i; it reads
+        the columns up to the longest row's. Returns the positions as a tensor."""
+        cursor = self.cursor
+        cursor.positions = torch.tensor(list(positions), device=device)
+        cursor.rows = torch.arange(len(positions), device=device)
+        cursor.width = max(positions) + 1
+        return cursor.positions
 
     @classmethod
     def from_prefix(
@@ -105,7 +171,8 @@ class GrowCache(Cache):
 
     @property
     def length(self) -> int:
-        return self.layers[0]._len
+        """Columns in use (prefill: the row's tokens; decode: the longest row's)."""
+        return self.layers[0].length
 
 
 def decode_attention(
@@ -190,7 +257,7 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # masks are built as
 
 
 @contextlib.contextmanager
-def attention_implementation(config: Any, name: str | None) -> Iterator[None]:
+def attention_implementation(config: PretrainedConfig, name: str | None) -> Iterator[None]:
     """Use attention ``name`` inside the block only: the model object may be shared (tests, training)."""
     previous = config._attn_implementation
     if name is None or previous not in ("sdpa", "eager", None):  # e.g. flash-attention: leave it alone

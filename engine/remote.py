@@ -24,19 +24,19 @@ from __future__ import annotations
 
 import json
 import logging
-import random
-import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_base, wait_exponential, wait_random_exponential
 
 from engine.api import Expert
-from engine.backends import BackendHealth, Message
+from engine.backend_types import BackendHealth, Message
+from engine.cancel_watcher import CancelWatcher
 from engine.errors import (
     AdapterError,
     BackendConfigError,
@@ -128,8 +128,14 @@ class RemoteBackend:
         )
         self._base_model = config.base_model
         self._lock = threading.Lock()
-        self._watcher = _CancelWatcher()
-        self._random = random.Random()
+        self._watcher = CancelWatcher()
+        # "Equal jitter": half the exponential step fixed, half random, so retries spread out but never
+        # come at once; a server's Retry-After (capped) is waited for when it asks for longer.
+        step, cap = config.backoff_base_s / 2, config.backoff_cap_s / 2
+        self._wait = _WaitRetryAfter(
+            wait_exponential(multiplier=step, max=cap) + wait_random_exponential(multiplier=step, max=cap),
+            cap=config.backoff_cap_s,
+        )
         self.last_health: BackendHealth | None = None
         """The latest ``health()`` result (cheap to read from the event loop, e.g. for ``/status``)."""
 
@@ -174,37 +180,56 @@ class RemoteBackend:
             "temperature": self.config.temperature,
             "stream": True,
         }
-        started = [False]  # set once a delta has been yielded: from then on nothing is retried
-        for attempt in range(self.config.retries + 1):
-            if cancel_event.is_set():
-                return
-            try:
-                yield from self._attempt(body, expert_name, cancel_event, started)
-                return
-            except _Retry as retry:
-                if started[0] or attempt == self.config.retries:
-                    raise retry.error from None
-                delay = self._backoff(attempt, retry.retry_after)
-                log.warning(
-                    "remote generation failed (%s); retry %d/%d in %.2fs",
-                    retry.error,
-                    attempt + 1,
-                    self.config.retries,
-                    delay,
-                )
-                if cancel_event.wait(delay):
-                    return
+        opened = self._open(body, expert_name, cancel_event)
+        if opened is None:
+            return
+        first, rest = opened
+        try:
+            yield first
+            yield from rest
+        finally:
+            rest.close()  # the consumer stopped early: hang up now, not when the generator is collected
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        ceiling = min(self.config.backoff_cap_s, self.config.backoff_base_s * 2**attempt)
-        delay = self._random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread out, never zero
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.config.backoff_cap_s))
-        return delay
+    def _open(
+        self, body: dict[str, Any], expert: str | None, cancel_event: threading.Event
+    ) -> tuple[str, Generator[str, None, None]] | None:
+        """The answer's first delta and the stream of the rest; None if cancelled or the answer is empty.
+
+        Everything up to the first delta may be retried (nothing has been shown yet); the rest never is.
+        """
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Retry),
+            stop=stop_after_attempt(self.config.retries + 1),
+            wait=self._wait,
+            sleep=cancel_event.wait,  # a cancel ends the wait at once; the next attempt then returns
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    if cancel_event.is_set():
+                        return None
+                    answer = self._attempt(body, expert, cancel_event)
+                    first = next(answer, None)  # sends the request; raises _Retry for a retryable failure
+                    return None if first is None else (first, answer)
+        except _Retry as retry:
+            raise retry.error from None
+        return None  # pragma: no cover - Retrying either returns from an attempt or raises
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.warning(
+            "remote generation failed (%s); retry %d/%d in %.2fs",
+            error.error if isinstance(error, _Retry) else error,
+            state.attempt_number,
+            self.config.retries,
+            state.upcoming_sleep,
+        )
 
     def _attempt(
-        self, body: dict[str, Any], expert: str | None, cancel_event: threading.Event, started: list[bool]
-    ) -> Iterator[str]:
+        self, body: dict[str, Any], expert: str | None, cancel_event: threading.Event
+    ) -> Generator[str, None, None]:
         request = self._client.build_request("POST", "/chat/completions", json=body)
         try:
             response = self._client.send(request, stream=True)
@@ -214,6 +239,7 @@ class RemoteBackend:
             raise self._timeout("before answering") from None
         except httpx.TransportError as exc:
             raise _Retry(self._unreachable(exc)) from None
+        started = False  # once a delta has been yielded, nothing is retried
         try:
             with self._watcher.watch(cancel_event, response):
                 try:
@@ -225,18 +251,18 @@ class RemoteBackend:
                             return
                         text = self._delta_text(data, body["model"], expert)
                         if text:
-                            started[0] = True
+                            started = True
                             yield text
                 except httpx.TimeoutException:
                     if cancel_event.is_set():
                         return
                     raise self._timeout(
-                        "in the middle of the answer" if started[0] else "before answering"
+                        "in the middle of the answer" if started else "before answering"
                     ) from None
                 except httpx.TransportError as exc:
                     if cancel_event.is_set():
                         return  # our watcher shut the socket down
-                    if not started[0]:  # broke before any text: nothing to replay, safe to retry
+                    if not started:  # broke before any text: nothing to replay, safe to retry
                         raise _Retry(self._unreachable(exc)) from None
                     raise GenerationError(
                         f"the connection to the generation server broke mid-answer: {type(exc).__name__}"
@@ -403,57 +429,14 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # absent, or an HTTP date (rare from inference servers): our own backoff applies
 
 
-class _CancelWatcher:
-    """One thread per backend that shuts down the sockets of streams whose cancel event is set.
+class _WaitRetryAfter(wait_base):
+    """tenacity wait: ``backoff``, or the failure's ``Retry-After`` when longer, capped at ``cap``."""
 
-    A thread blocked in ``recv`` does not see a flag; ``shutdown`` wakes it (the read fails at once) and
-    tells the server the client left. The thread polls only while streams are open.
-    """
+    def __init__(self, backoff: wait_base, cap: float) -> None:
+        self.backoff, self.cap = backoff, cap
 
-    POLL_S = 0.05
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._watched: dict[int, tuple[threading.Event, socket.socket]] = {}
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    @contextmanager
-    def watch(self, cancel_event: threading.Event, response: httpx.Response) -> Iterator[None]:
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if not isinstance(sock, socket.socket):  # e.g. a mock transport: chunk-level checks still apply
-            yield
-            return
-        key = id(response)
-        with self._cond:
-            self._watched[key] = (cancel_event, sock)
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="hexcore-remote-cancel", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._watched.pop(key, None)
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                for key, (event, sock) in list(self._watched.items()):
-                    if event.is_set():
-                        self._watched.pop(key, None)
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass  # already closed
-                self._cond.wait(self.POLL_S if self._watched else None)
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(1.0)
+    def __call__(self, retry_state: RetryCallState) -> float:
+        delay = self.backoff(retry_state)
+        error = retry_state.outcome.exception() if retry_state.outcome is not None else None
+        retry_after = error.retry_after if isinstance(error, _Retry) else None
+        return delay if retry_after is None else max(delay, min(retry_after, self.cap))

@@ -133,7 +133,9 @@ class SessionStore:
         self.max_sessions = int(max_sessions)
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, _Entry] = OrderedDict()  # least recently used first
+        # Least recently used first. A plain OrderedDict, not cachetools: two limits at once (bytes and
+        # count), an idle TTL renewed by every use and counted evictions would each need a subclass there.
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._bytes = 0
         self._hits = self._misses = self._reused = self._evictions = self._expirations = 0
 

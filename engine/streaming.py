@@ -22,15 +22,22 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar, cast
 
 from engine.errors import RequestCancelled
 
 _EVENT, _DONE, _ERROR = "event", "done", "error"
 _ids = itertools.count(1)
 
+PayloadT = TypeVar("PayloadT")
+"""What was submitted (the worker does not look inside)."""
+EventT = TypeVar("EventT")
+"""What ``emit`` streams (the local engine: ``engine.api.Event``)."""
+ResultT = TypeVar("ResultT")
+"""What ``finish`` ends with (the local engine: ``engine.api.Answer``)."""
 
-class WorkItem:
+
+class WorkItem(Generic[PayloadT, EventT, ResultT]):
     """One request as the worker thread sees it. ``emit``/``finish``/``fail`` are thread-safe.
 
     The first of ``finish``/``fail`` wins; later reports (and events after it) are ignored, so a runner
@@ -54,12 +61,12 @@ class WorkItem:
 
     def __init__(
         self,
-        payload: Any,
+        payload: PayloadT,
         loop: asyncio.AbstractEventLoop,
         *,
         ahead: int = 0,
-        on_cancel: Callable[[WorkItem], None] | None = None,
-        on_settle: Callable[[WorkItem], None] | None = None,
+        on_cancel: Callable[[WorkItem[PayloadT, EventT, ResultT]], None] | None = None,
+        on_settle: Callable[[WorkItem[PayloadT, EventT, ResultT]], None] | None = None,
     ) -> None:
         self.payload = payload
         self.id = next(_ids)
@@ -73,7 +80,7 @@ class WorkItem:
         self.outcome: str | None = None
         """None while pending, then ``done``, ``error`` or ``cancelled``."""
         self._loop = loop
-        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, EventT | ResultT | BaseException | None]] = asyncio.Queue()
         self._lock = threading.Lock()
         self._on_cancel = on_cancel
         self._on_settle = on_settle
@@ -92,13 +99,13 @@ class WorkItem:
         """Seconds spent queued before the runner got it (None while still queued)."""
         return None if self.started_at is None else self.started_at - self.enqueued_at
 
-    def emit(self, event: Any) -> None:
+    def emit(self, event: EventT) -> None:
         """Stream one event (e.g. a ``TokenDelta``) to the consumer. Never blocks."""
         with self._lock:
             if self.outcome is None:
                 self._post(_EVENT, event)
 
-    def finish(self, result: Any = None) -> bool:
+    def finish(self, result: ResultT | None = None) -> bool:
         """End the stream successfully with ``result``. False if the item was already settled."""
         return self._settle(_DONE, result, "done")
 
@@ -114,7 +121,7 @@ class WorkItem:
         if self._on_cancel is not None:
             self._on_cancel(self)
 
-    def _settle(self, kind: str, value: Any, outcome: str) -> bool:
+    def _settle(self, kind: str, value: ResultT | BaseException | None, outcome: str) -> bool:
         with self._lock:
             if self.outcome is not None:
                 return False
@@ -124,7 +131,7 @@ class WorkItem:
             self._post(kind, value)
             return True
 
-    def _post(self, kind: str, value: Any) -> None:
+    def _post(self, kind: str, value: EventT | ResultT | BaseException | None) -> None:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, (kind, value))
         except RuntimeError:
@@ -135,17 +142,17 @@ class WorkItem:
         return f"<WorkItem #{self.id} {self.outcome or ('cancelled' if self.cancelled else 'pending')}>"
 
 
-class RequestStream:
+class RequestStream(Generic[PayloadT, EventT, ResultT]):
     """The consumer's side of one request: ``async for event in stream`` then ``stream.result``.
 
     Raises the request's typed error (``engine.errors``) from the iteration. Use ``async with stream``
     (or ``contextlib.aclosing``) to guarantee the engine stops working on it if the consumer leaves early.
     """
 
-    def __init__(self, item: WorkItem) -> None:
+    def __init__(self, item: WorkItem[PayloadT, EventT, ResultT]) -> None:
         self._item = item
         self._finished = False
-        self.result: Any = None
+        self.result: ResultT | None = None
         """The value the runner passed to ``finish``; set once the iteration has ended normally."""
 
     @property
@@ -158,13 +165,13 @@ class RequestStream:
         return self._item.ahead
 
     @property
-    def item(self) -> WorkItem:
+    def item(self) -> WorkItem[PayloadT, EventT, ResultT]:
         return self._item
 
-    def __aiter__(self) -> RequestStream:
+    def __aiter__(self) -> RequestStream[PayloadT, EventT, ResultT]:
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> EventT:
         if self._finished:
             raise StopAsyncIteration
         try:
@@ -175,12 +182,12 @@ class RequestStream:
             self._item.cancel()
             raise
         if kind == _EVENT:
-            return value
+            return cast(EventT, value)
         self._finished = True
         if kind == _DONE:
-            self.result = value
+            self.result = cast("ResultT | None", value)
             raise StopAsyncIteration
-        raise value
+        raise cast(BaseException, value)
 
     def cancel(self) -> None:
         """Stop the request. A consumer still iterating gets ``RequestCancelled`` (or the final result
@@ -193,7 +200,7 @@ class RequestStream:
             self._finished = True
             self._item.cancel()
 
-    async def __aenter__(self) -> RequestStream:
+    async def __aenter__(self) -> RequestStream[PayloadT, EventT, ResultT]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

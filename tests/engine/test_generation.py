@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from engine.errors import AdapterError, GenerationError, InvalidRequest
 from engine.generation import (
@@ -18,11 +17,8 @@ from engine.generation import (
     Generator,
     GenJob,
     GenStats,
-    IncrementalDetokenizer,
-    cut_repeated_tail,
     decode_text,
 )
-from engine.kv_cache import decode_attention
 from engine.model_loader import LoadedModel, load_base_model
 from engine.prompts import build_messages, encode_messages, next_history
 from engine.sessions import SessionStore
@@ -138,18 +134,6 @@ def test_streamed_deltas_concatenate_to_the_final_text(tiny_gen: Generator) -> N
     assert len(outcome.deltas) > 1
     assert outcome.text == decode_text(tiny_gen.tokenizer, outcome.ids)
     assert all(delta and "\ufffd" not in delta for delta in outcome.deltas)
-
-
-def test_detokenizer_never_splits_a_multibyte_character(embedded_tokenizer: Any) -> None:
-    text = "Æther Vial 🐉 costs {1}. Jötun Grunt — naïve “quotes” 火"
-    ids = embedded_tokenizer(text, add_special_tokens=False)["input_ids"]
-    pieces = [decode_text(embedded_tokenizer, [i]) for i in ids]
-    assert any("\ufffd" in p for p in pieces), "the sample should contain tokens that split a character"
-    detok = IncrementalDetokenizer(embedded_tokenizer)
-    deltas = [detok.push(i) for i in ids]
-    deltas.append(detok.finish())
-    assert "".join(deltas) == text
-    assert all("\ufffd" not in d for d in deltas)
 
 
 def test_stop_token_ends_the_job_and_is_not_returned(tiny_gen: Generator) -> None:
@@ -351,27 +335,6 @@ def test_a_looping_answer_stops_at_its_first_repeated_run(tiny_gen: Generator) -
     assert longer.ids == [*loop, *loop, 101] and longer.stats.finish_reason == "repetition"
 
 
-@pytest.mark.parametrize(
-    ("text", "repeated", "shown"),
-    [
-        (
-            "Trample lets excess damage through. The answer is: Trample lets excess",
-            " Trample lets excess",
-            "Trample lets excess damage through.",
-        ),
-        ("No.\n\nThe rules say so and the rules say", "the rules say", "No."),
-        (
-            "It deals damage to a creature with deathtouch to a creature with",
-            "to a creature with",
-            "It deals damage to a creature with deathtouch to a creature with",
-        ),  # no sentence end: kept
-        ("Nothing repeats here.", "something else", "Nothing repeats here."),
-    ],
-)
-def test_cut_repeated_tail(text: str, repeated: str, shown: str) -> None:
-    assert cut_repeated_tail(text, repeated) == shown
-
-
 @pytest.fixture(scope="module")
 def fp32_adapters() -> LoadedModel:
     """A private float32 copy of the real model with two random (output-changing) LoRA adapters."""
@@ -514,36 +477,3 @@ def test_real_model_session_follow_up_reuses_the_history(
         history - 2 <= stats.reused_tokens <= history
     )  # all of turn one (tokenisation may differ at the seam)
     assert text == decode_text(generator.tokenizer, ids) and ids
-
-
-# ---- the generator's attention: many queries (prefill) ----
-
-
-class _Attention(torch.nn.Module):
-    is_causal = True
-    num_key_value_groups = 3
-
-
-@pytest.mark.parametrize("past", [0, 37])
-def test_prefill_attention_equals_transformers_sdpa(past: int) -> None:
-    """Native GQA in SDPA gives exactly what transformers' repeat-the-keys path gives: with a mask over a
-    reused prefix (a follow-up turn) and without one (a fresh prompt, causal)."""
-    torch.manual_seed(0)
-    new, heads, kv_heads, dim = 11, 9, 3, 16
-    query = torch.randn(1, heads, new, dim, dtype=torch.bfloat16)
-    # The cache keeps keys in float32 and hands out views of a longer buffer.
-    keys = torch.randn(1, kv_heads, past + new + 5, dim)[:, :, : past + new]
-    values = torch.randn(1, kv_heads, past + new + 5, dim, dtype=torch.bfloat16)[:, :, : past + new]
-    mask = None
-    if past:
-        mask = torch.ones(new, past + new, dtype=torch.bool).tril(past)[None, None]
-    module = _Attention()
-    ours, _ = decode_attention(module, query, keys, values, mask, scaling=dim**-0.5)
-    theirs, _ = sdpa_attention_forward(module, query, keys.to(query.dtype), values, mask, scaling=dim**-0.5)
-    assert ours.shape == (1, new, heads, dim)
-    assert torch.equal(ours, theirs)
-    if past:  # the mask matters: without it the new tokens would see each other's future
-        unmasked = sdpa_attention_forward(
-            module, query, keys.to(query.dtype), values, torch.ones_like(mask), scaling=dim**-0.5
-        )[0]
-        assert not torch.equal(ours, unmasked)

@@ -206,6 +206,53 @@ def test_429_is_overloaded_after_capped_retries(server: ScriptedServer, backend:
     assert len(server.requests) == 3  # the first try + retries=2
 
 
+class RecordedWaits(threading.Event):
+    """A cancel flag that records each backoff the stream waits for, and does not really wait."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        return super().wait(0)
+
+
+def test_backoff_is_exponential_with_jitter_capped_and_honours_retry_after(server: ScriptedServer) -> None:
+    remote = make_backend(server.url, retries=4, backoff_base_s=0.1, backoff_cap_s=0.3)
+    try:
+        server.plan.extend({"kind": "status", "status": 500, "body": {"message": "boom"}} for _ in range(4))
+        cancel = RecordedWaits()
+        assert "".join(remote.stream(MESSAGES, "reason", 32, cancel)) == "".join(server.default_words)
+        # "Equal jitter": the k-th wait is in [c/2, c] with c = min(cap, base * 2**k).
+        for k, waited in enumerate(cancel.waits):
+            ceiling = min(0.3, 0.1 * 2**k)
+            assert ceiling / 2 <= waited <= ceiling
+        assert len(cancel.waits) == 4
+        for header, least in (("0.25", 0.25), ("99", 0.3)):  # the server's Retry-After, capped
+            server.plan.append(
+                {"kind": "status", "status": 429, "body": {}, "headers": {"Retry-After": header}}
+            )
+            cancel = RecordedWaits()
+            collect(remote, "reason", cancel)
+            assert cancel.waits == [pytest.approx(least)]
+    finally:
+        remote.close()
+
+
+def test_cancel_during_the_backoff_ends_the_stream_quietly(server: ScriptedServer) -> None:
+    server.plan.append({"kind": "status", "status": 503, "body": {"message": "busy"}})
+    remote = make_backend(server.url, backoff_base_s=5, backoff_cap_s=5)
+    cancel = threading.Event()
+    try:
+        threading.Timer(0.2, cancel.set).start()
+        started = time.monotonic()
+        assert collect(remote, "reason", cancel) == ""
+        assert time.monotonic() - started < 4 and len(server.requests) == 1
+    finally:
+        remote.close()
+
+
 def test_unknown_lora_module_is_adapter_error_and_not_retried(
     server: ScriptedServer, backend: RemoteBackend
 ) -> None:
