@@ -140,7 +140,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if any(not t.is_floating_point() for t in state.values()):
         raise ModelLoadError("the GGUF loaded with packed (non-float) weights; cannot convert it")
     plain.load_state_dict(state, strict=True)
-    plain.generation_config = _greedy_generation_config(plain.generation_config, tokenizer)
+    plain.generation_config = greedy_generation_config(plain.generation_config, tokenizer)
     plain.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     log.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
@@ -194,7 +194,7 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _greedy_generation_config(config: Any, tokenizer: Any, max_new_tokens: int | None = None) -> Any:
+def greedy_generation_config(config: Any, tokenizer: Any, max_new_tokens: int | None = None) -> Any:
     """Greedy decoding with no sampling knobs left set (they make transformers warn on every call)."""
     config.do_sample = False
     config.temperature = None
@@ -329,7 +329,7 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the model from {model_dir}: {exc}") from exc
     model.eval()
-    model.generation_config = _greedy_generation_config(
+    model.generation_config = greedy_generation_config(
         model.generation_config, tokenizer, settings.max_new_tokens
     )
     if model.config.pad_token_id is None:
@@ -357,50 +357,3 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     )
     log.info("loaded %s from %s on %s in %.2f s", name, model_dir, loaded.device, loaded.load_seconds)
     return loaded
-
-
-# --- a tiny random model for fast tests and development -------------------------------------------------
-
-
-def build_tiny_llama(
-    tokenizer: Any,
-    *,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-) -> LoadedModel:
-    """A random ``LlamaForCausalLM`` with SmolLM2's vocabulary: same API as the real model, ~3 M params.
-
-    Deterministic for a given seed, and does not disturb the global RNG. Its output is noise; use it to test
-    plumbing (adapters, batching, caches), not wording.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(dtype)
-    model.eval()
-    model.generation_config = _greedy_generation_config(model.generation_config, tokenizer)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),
-        dtype=dtype,
-        name="tiny-random-llama",
-        source=f"random:seed={seed}",
-    )
