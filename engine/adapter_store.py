@@ -32,6 +32,11 @@ from engine.api import Expert
 from engine.errors import AdapterError
 
 if TYPE_CHECKING:
+    import torch
+    from peft import LoraConfig, PeftModel
+    from torch import nn
+    from transformers import PreTrainedModel
+
     from engine.model_loader import LoadedModel
     from hexcore.settings import Settings
 
@@ -205,7 +210,7 @@ class AdapterStore:
     def save_new(
         self,
         expert: Expert | str,
-        source: Any,
+        source: PeftModel | str | os.PathLike[str],
         meta: Mapping[str, Any] | None = None,
         *,
         adapter_name: str | None = None,
@@ -303,7 +308,7 @@ def _pointer_problem(data: Any) -> str | None:
     return None
 
 
-def _save_peft_model(model: Any, target: Path, adapter_name: str | None) -> None:
+def _save_peft_model(model: PeftModel, target: Path, adapter_name: str | None) -> None:
     """Save one adapter of a ``PeftModel`` flat into ``target`` (peft nests non-default names in a subfolder)."""
     name = adapter_name or model.active_adapter
     if name not in model.peft_config:
@@ -324,8 +329,8 @@ class AdapterFiles:
     """An adapter version read from disk and checked: its peft config and its tensors (on CPU)."""
 
     version: AdapterVersion
-    config: Any
-    weights: dict[str, Any]
+    config: LoraConfig
+    weights: dict[str, torch.Tensor]
 
 
 def read_adapter_files(
@@ -420,7 +425,7 @@ def loaded_tensor_bytes(target: AdapterVersion) -> int:
 
 
 def ensure_initial_adapters(
-    model: LoadedModel | Any,
+    model: LoadedModel | PreTrainedModel,
     store: AdapterStore,
     experts: tuple[Expert, ...] = tuple(Expert),
 ) -> dict[Expert, AdapterVersion]:
@@ -467,7 +472,7 @@ def ensure_initial_adapters(
     return result
 
 
-def _has_lora_layers(model: Any) -> bool:
+def _has_lora_layers(model: nn.Module) -> bool:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())

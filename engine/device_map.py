@@ -32,9 +32,12 @@ that handles fused experts is what makes "Mixtral 8x7B in 4-bit" real.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 GiB = 2**30
 Device = int | str
@@ -87,7 +90,9 @@ class ModelSpec:
             raise ValueError("num_layers, hidden_size and vocab_size must be positive")
 
     @classmethod
-    def from_config(cls, config: Any, weights: str = "bf16", **overrides: Any) -> ModelSpec:
+    def from_config(
+        cls, config: PretrainedConfig, weights: str = "bf16", **overrides: int | float | bool | str
+    ) -> ModelSpec:
         """Read a transformers ``PretrainedConfig`` (the text config of a multimodal one)."""
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()

@@ -230,39 +230,53 @@ def export_adapters(
     out.mkdir(parents=True, exist_ok=True)
 
     for expert in [Expert(e) for e in (experts or tuple(Expert))]:
-        serving = store.serving(expert)
-        if serving is None:
-            report.skipped[expert.value] = "no serving version (train or promote one first)"
-            continue
-        try:
-            config, rank, warnings = check_adapter(serving.path, hidden)
-        except ValueError as exc:
-            report.skipped[expert.value] = f"{serving.version}: {exc}"
-            continue
-        report.warnings += [f"{expert.value}: {w}" for w in warnings]
-        tmp = out / f".tmp-{expert.value}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
-            config["base_model_name_or_path"] = base
-            config["inference_mode"] = True
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
-            shutil.copy2(serving.weights_path, tmp / WEIGHTS_FILE)
-            _replace_dir(tmp, out / expert.value)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        report.exported[expert.value] = ExportedAdapter(
-            expert=expert.value,
-            version=serving.version,
-            path=out / expert.value,
-            rank=rank,
-            target_modules=tuple(sorted(config.get("target_modules") or ())),
-            sha256=sha256_file(out / expert.value / WEIGHTS_FILE),
-        )
+        _export_one(store, expert, out, hidden, report)
 
     if not report.exported:
         reasons = "; ".join(f"{e}: {why}" for e, why in report.skipped.items())
         raise ExportError(f"no adapter could be exported from {store.root} ({reasons})")
 
+    _write_launch_files(report, list(extra_args))
+    return report
+
+
+def _export_one(
+    store: AdapterStore, expert: Expert, out: Path, hidden: int | None, report: ExportReport
+) -> None:
+    """Check and copy one expert's serving adapter into ``out/<expert>``; a failure lands in ``skipped``."""
+    serving = store.serving(expert)
+    if serving is None:
+        report.skipped[expert.value] = "no serving version (train or promote one first)"
+        return
+    try:
+        config, rank, warnings = check_adapter(serving.path, hidden)
+    except ValueError as exc:
+        report.skipped[expert.value] = f"{serving.version}: {exc}"
+        return
+    report.warnings += [f"{expert.value}: {w}" for w in warnings]
+    tmp = out / f".tmp-{expert.value}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        config["base_model_name_or_path"] = report.base_model
+        config["inference_mode"] = True
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+        shutil.copy2(serving.weights_path, tmp / WEIGHTS_FILE)
+        _replace_dir(tmp, out / expert.value)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report.exported[expert.value] = ExportedAdapter(
+        expert=expert.value,
+        version=serving.version,
+        path=out / expert.value,
+        rank=rank,
+        target_modules=tuple(sorted(config.get("target_modules") or ())),
+        sha256=sha256_file(out / expert.value / WEIGHTS_FILE),
+    )
+
+
+def _write_launch_files(report: ExportReport, extra_args: list[str]) -> None:
+    """``launch.sh`` and ``manifest.json`` for the exported adapters; fills the report's command and rank."""
+    out, base = report.out_dir, report.base_model
     report.max_lora_rank = vllm_rank(max(a.rank for a in report.exported.values()))
     modules = {name: name for name in report.exported}
     report.command = [
@@ -273,7 +287,7 @@ def export_adapters(
         *extra_args,
     ]  # fmt: skip
     script = out / LAUNCH_FILE
-    script.write_text(_launch_script(base, modules, report.max_lora_rank, list(extra_args)), encoding="utf-8")
+    script.write_text(_launch_script(base, modules, report.max_lora_rank, extra_args), encoding="utf-8")
     script.chmod(0o755)
     report.launch_script = script
     manifest = {
@@ -291,4 +305,3 @@ def export_adapters(
         "skipped": report.skipped,
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    return report

@@ -20,7 +20,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from engine.api import Expert
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import Cache
 
 FUSION_WEIGHTS = "fusion.safetensors"
 FUSION_CONFIG = "fusion.json"
@@ -151,7 +155,7 @@ def serving_fusion_dir(root: Path | str) -> Path | None:
 class FusedOutput:
     logits: torch.Tensor
     """[B, T, V] (or [B, 1, V] with ``last_only``)."""
-    past_key_values: Any
+    past_key_values: Cache | None
     """The K*B-row cache of the mixed batch (expert-major rows)."""
     weights: torch.Tensor | None
     """Fusion weights [K, B, T] (None for K = 1)."""
@@ -178,15 +182,15 @@ def _accepts(model: nn.Module, name: str) -> bool:
 
 
 def expert_hidden_states(
-    peft_model: Any,
+    peft_model: PeftModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     adapter_names: Sequence[str],
     *,
     position_ids: torch.Tensor | None = None,
-    past_key_values: Any = None,
+    past_key_values: Cache | None = None,
     use_cache: bool = False,
-) -> tuple[torch.Tensor, Any]:
+) -> tuple[torch.Tensor, Cache | None]:
     """Final hidden states of each adapter over the same inputs, from one mixed batch: ([K, B, T, H], cache).
 
     ``attention_mask`` spans the cache and the new tokens; ``input_ids`` are only the new tokens.
@@ -217,7 +221,7 @@ def expert_hidden_states(
 
 
 def fused_forward(
-    peft_model: Any,
+    peft_model: PeftModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     adapter_names: Sequence[str],
@@ -225,7 +229,7 @@ def fused_forward(
     *,
     experts: Sequence[Expert | str] | None = None,
     position_ids: torch.Tensor | None = None,
-    past_key_values: Any = None,
+    past_key_values: Cache | None = None,
     use_cache: bool = False,
     last_only: bool = False,
 ) -> FusedOutput:
@@ -250,7 +254,7 @@ def fused_forward(
 
 
 def fused_logits(
-    peft_model: Any,
+    peft_model: PeftModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     adapter_names: Sequence[str],
@@ -263,7 +267,7 @@ def fused_logits(
 
 @torch.inference_mode()
 def generate_fused(
-    peft_model: Any,
+    peft_model: PeftModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     adapter_names: Sequence[str],

@@ -21,13 +21,24 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from filelock import FileLock
 
 from engine.errors import ModelLoadError
 from hexcore.settings import EngineSettings, PathSettings
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import (
+        BitsAndBytesConfig,
+        GenerationConfig,
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+    )
+
+    from engine.device_map import Device
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +70,9 @@ _DTYPES = {
 class LoadedModel:
     """A ready-to-generate base model and its tokenizer."""
 
-    model: Any
+    model: PreTrainedModel
     """A transformers ``PreTrainedModel`` (causal LM) in eval mode."""
-    tokenizer: Any
+    tokenizer: PreTrainedTokenizerBase
     """Its tokenizer: ``padding_side="left"``, ``pad_token`` set."""
     device: torch.device
     """Where inputs go (the first layer's device when the model is spread over several GPUs)."""
@@ -72,7 +83,7 @@ class LoadedModel:
     source: str
     """Where the weights came from: the cache directory or the local model path."""
     quantization: str | None = None
-    device_map: dict[str, Any] | None = None
+    device_map: dict[str, Device] | None = None
     """The placement passed to ``from_pretrained`` when several GPUs are used; else None."""
     load_seconds: float = 0.0
 
@@ -140,7 +151,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     if any(not t.is_floating_point() for t in state.values()):
         raise ModelLoadError("the GGUF loaded with packed (non-float) weights; cannot convert it")
     plain.load_state_dict(state, strict=True)
-    plain.generation_config = _greedy_generation_config(plain.generation_config, tokenizer)
+    plain.generation_config = greedy_generation_config(plain.generation_config, tokenizer)
     plain.save_pretrained(target, safe_serialization=True)
     tokenizer.save_pretrained(target)
     log.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
@@ -175,7 +186,7 @@ def ensure_embedded_cache(paths: PathSettings | None = None) -> Path:
     return cache
 
 
-def load_embedded_tokenizer(paths: PathSettings | None = None) -> Any:
+def load_embedded_tokenizer(paths: PathSettings | None = None) -> PreTrainedTokenizerBase:
     """The embedded model's tokenizer from the cache (converting first if needed), set up like the loader's."""
     from transformers import AutoTokenizer
 
@@ -186,7 +197,7 @@ def load_embedded_tokenizer(paths: PathSettings | None = None) -> Any:
 # --- generic loading ----------------------------------------------------------------------------------
 
 
-def _prepare_tokenizer(tokenizer: Any) -> Any:
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     # Left padding: batched and mixed-adapter generation append new tokens on the right of every row.
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -194,7 +205,9 @@ def _prepare_tokenizer(tokenizer: Any) -> Any:
     return tokenizer
 
 
-def _greedy_generation_config(config: Any, tokenizer: Any, max_new_tokens: int | None = None) -> Any:
+def greedy_generation_config(
+    config: GenerationConfig, tokenizer: PreTrainedTokenizerBase, max_new_tokens: int | None = None
+) -> GenerationConfig:
     """Greedy decoding with no sampling knobs left set (they make transformers warn on every call)."""
     config.do_sample = False
     config.temperature = None
@@ -208,7 +221,7 @@ def _greedy_generation_config(config: Any, tokenizer: Any, max_new_tokens: int |
     return config
 
 
-def _quantization_config(kind: str, dtype: torch.dtype) -> Any:
+def _quantization_config(kind: str, dtype: torch.dtype) -> BitsAndBytesConfig:
     kind = kind.lower()
     if kind not in ("4bit", "8bit"):
         raise ModelLoadError(
@@ -236,7 +249,7 @@ def _quantization_config(kind: str, dtype: torch.dtype) -> Any:
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
-def _apply_int4(model: Any, cache: Path | None = None, cache_key: str = "") -> str | None:
+def _apply_int4(model: nn.Module, cache: Path | None = None, cache_key: str = "") -> str | None:
     """Weight-only int4 (:mod:`engine.quantize`) on a CPU model; "int4", or None when it was not applied."""
     device = _first_device(model)
     if device.type != "cpu":
@@ -252,7 +265,9 @@ def _apply_int4(model: Any, cache: Path | None = None, cache_key: str = "") -> s
     return INT4
 
 
-def _gpu_device_map(model_dir: Path, quantization: str | None, dtype: torch.dtype) -> dict[str, Any] | None:
+def _gpu_device_map(
+    model_dir: Path, quantization: str | None, dtype: torch.dtype
+) -> dict[str, Device] | None:
     """A balanced placement over all visible GPUs (None on one GPU or none)."""
     if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return None
@@ -270,7 +285,7 @@ def _gpu_device_map(model_dir: Path, quantization: str | None, dtype: torch.dtyp
     return plan_device_map(spec, gpus).device_map
 
 
-def _first_device(model: Any) -> torch.device:
+def _first_device(model: nn.Module) -> torch.device:
     try:
         return model.get_input_embeddings().weight.device
     except AttributeError:
@@ -329,7 +344,7 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not load the model from {model_dir}: {exc}") from exc
     model.eval()
-    model.generation_config = _greedy_generation_config(
+    model.generation_config = greedy_generation_config(
         model.generation_config, tokenizer, settings.max_new_tokens
     )
     if model.config.pad_token_id is None:
@@ -357,50 +372,3 @@ def load_base_model(settings: EngineSettings | None = None, paths: PathSettings 
     )
     log.info("loaded %s from %s on %s in %.2f s", name, model_dir, loaded.device, loaded.load_seconds)
     return loaded
-
-
-# --- a tiny random model for fast tests and development -------------------------------------------------
-
-
-def build_tiny_llama(
-    tokenizer: Any,
-    *,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-) -> LoadedModel:
-    """A random ``LlamaForCausalLM`` with SmolLM2's vocabulary: same API as the real model, ~3 M params.
-
-    Deterministic for a given seed, and does not disturb the global RNG. Its output is noise; use it to test
-    plumbing (adapters, batching, caches), not wording.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=max(1, num_heads // 2),
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(dtype)
-    model.eval()
-    model.generation_config = _greedy_generation_config(model.generation_config, tokenizer)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),
-        dtype=dtype,
-        name="tiny-random-llama",
-        source=f"random:seed={seed}",
-    )

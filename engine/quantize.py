@@ -55,12 +55,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from torch.autograd.function import FunctionCtx
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +126,12 @@ class _Int4MatMul(torch.autograd.Function):
     """``x @ W.T`` with the int4 kernel, and the input gradient computed by hand (the kernel has none)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, layer: Int4Linear) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: FunctionCtx, x: torch.Tensor, layer: Int4Linear) -> torch.Tensor:  # type: ignore[override]
         ctx.layer, ctx.dtype = layer, x.dtype
         return _int4_mm(x, layer.qweight, layer.group_size, layer.scales_and_zeros)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         weight = ctx.layer.dense_weight()
         return (grad.to(weight.dtype) @ weight).to(ctx.dtype), None
 
@@ -228,7 +232,7 @@ class Int4Linear(nn.Linear):
         """The kept dense weight, else the dequantized one (for gradients and checks)."""
         return self.weight.detach() if self.weight is not None else self.dequantize()
 
-    def _apply(self, fn: Any, recurse: bool = True) -> Int4Linear:
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> Int4Linear:
         super()._apply(fn, recurse)
         # ``model.to(dtype)`` would cast the scales too; the kernel needs them in bfloat16.
         if self.scales_and_zeros.dtype != COMPUTE_DTYPE:

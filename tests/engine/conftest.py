@@ -7,14 +7,19 @@ model (wraps it in a PeftModel, trains it) takes a fresh one from ``tiny_model_f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from engine.model_loader import LoadedModel, build_tiny_llama, load_base_model, load_embedded_tokenizer
+from engine.adapter_store import AdapterStore
+from engine.adapters import AdapterRegistry
+from engine.model_loader import LoadedModel, load_base_model, load_embedded_tokenizer
 from hexcore.settings import EngineSettings
+from tests.engine.adapter_helpers import PROMPT
+from tests.engine.tiny_models import build_tiny_llama
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,7 +48,7 @@ def base_model() -> LoadedModel:
 def tiny_model_factory(embedded_tokenizer: Any) -> Callable[..., LoadedModel]:
     """Build a fresh tiny random Llama (float32, hidden 64, 2 layers, 4 heads, tied embeddings, real tokenizer).
 
-    Same seed -> same weights. Keyword arguments go to :func:`engine.model_loader.build_tiny_llama`.
+    Same seed -> same weights. Keyword arguments go to :func:`tests.engine.tiny_models.build_tiny_llama`.
     """
 
     def make(**kwargs: Any) -> LoadedModel:
@@ -58,6 +63,34 @@ def tiny_model_factory(embedded_tokenizer: Any) -> Callable[..., LoadedModel]:
 def tiny_model(tiny_model_factory: Callable[..., LoadedModel]) -> LoadedModel:
     """One shared tiny random Llama (seed 0, float32): fast plumbing tests. Read-only."""
     return tiny_model_factory()
+
+
+# --- the adapter tests (test_adapters.py, test_adapter_residency.py, test_peft_routing.py) ------------------
+
+
+@pytest.fixture
+def loaded(tiny_model_factory: Callable[..., LoadedModel]) -> LoadedModel:
+    """A fresh tiny model of the test's own (the registry wraps it in peft)."""
+    return tiny_model_factory()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> AdapterStore:
+    return AdapterStore(tmp_path / "adapters")
+
+
+@pytest.fixture
+def registry(loaded: LoadedModel, store: AdapterStore) -> Iterator[AdapterRegistry]:
+    registry = AdapterRegistry(loaded, store, capacity_on_device=5, max_rank=16)
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def base_logits(loaded: LoadedModel) -> torch.Tensor:
+    """The plain model's logits of ``adapter_helpers.PROMPT`` (before any adapter)."""
+    with torch.inference_mode():
+        return loaded.model(input_ids=PROMPT).logits[0]
 
 
 # The worker test kit's fixtures (tests/engine/spell_runner.py), for test_worker*.py.

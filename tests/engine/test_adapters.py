@@ -1,4 +1,7 @@
-"""AdapterRegistry: validation by loading, mixed batches, the device LRU and hot swap, on a tiny real Llama."""
+"""AdapterRegistry: serving, validation by loading and hot swap, on a tiny real Llama.
+
+The device LRU is tested in test_adapter_residency.py, per-thread routing in test_peft_routing.py.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,10 @@ import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
-from peft import IA3Config, LoraConfig, get_peft_model
+from peft import IA3Config, LoraConfig
 
 from engine.adapter_store import (
     CONFIG_FILE,
@@ -24,57 +26,7 @@ from engine.adapters import BASE_ADAPTER, AdapterRegistry
 from engine.api import Expert
 from engine.errors import AdapterError
 from engine.model_loader import LoadedModel
-
-PROMPT = torch.tensor([[1, 504, 3000, 77, 12, 9000, 41, 5]])
-
-
-def save_adapter(
-    factory: Callable[..., LoadedModel],
-    store: AdapterStore,
-    expert: Expert,
-    seed: int,
-    *,
-    config: object | None = None,
-    base_model: str | None = "tiny-random-llama",
-    **model_kwargs: object,
-) -> AdapterVersion:
-    """A 'trained' adapter (random A and B, so it changes outputs), stored as a new version."""
-    torch.manual_seed(seed)
-    config = config or LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
-    )
-    peft_model = get_peft_model(factory(**model_kwargs).model, config)
-    meta = {"base_model": base_model} if base_model else {}
-    return store.save_new(expert, peft_model, meta)
-
-
-def logits(registry: AdapterRegistry, names: list[str], ids: torch.Tensor = PROMPT) -> torch.Tensor:
-    batch = ids.repeat(len(names), 1)
-    with torch.inference_mode():
-        return registry.model(input_ids=batch, **registry.call_kwargs(names)).logits
-
-
-@pytest.fixture
-def loaded(tiny_model_factory: Callable[..., LoadedModel]) -> LoadedModel:
-    return tiny_model_factory()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> AdapterStore:
-    return AdapterStore(tmp_path / "adapters")
-
-
-@pytest.fixture
-def registry(loaded: LoadedModel, store: AdapterStore) -> Iterator[AdapterRegistry]:
-    registry = AdapterRegistry(loaded, store, capacity_on_device=5, max_rank=16)
-    yield registry
-    registry.close()
-
-
-@pytest.fixture
-def base_logits(loaded: LoadedModel) -> torch.Tensor:
-    with torch.inference_mode():
-        return loaded.model(input_ids=PROMPT).logits[0]
+from tests.engine.adapter_helpers import PROMPT, logits, save_adapter
 
 
 def test_initial_adapters_serve_base_outputs(
@@ -108,65 +60,6 @@ def test_mixed_batch_equals_single_adapter_runs(
     # a call without adapter_names computes the base model (no adapter is left active in the layers)
     with torch.inference_mode():
         torch.testing.assert_close(registry.model(input_ids=PROMPT).logits[0], base_logits)
-
-
-def test_a_failed_call_leaves_no_routing_behind(
-    registry: AdapterRegistry, store: AdapterStore, tiny_model_factory, base_logits: torch.Tensor
-) -> None:
-    save_adapter(tiny_model_factory, store, Expert.TEACH, seed=3)
-    registry.register(Expert.TEACH, "v0")
-    name = registry.adapter_names_for([Expert.TEACH])[0]
-    with pytest.raises(ValueError, match="adapter_names"), torch.inference_mode():
-        registry.model(input_ids=PROMPT.repeat(2, 1), adapter_names=[name])  # wrong length: peft raises
-    with torch.inference_mode():
-        # peft alone would keep the failed call's hooks and force [name] onto these calls
-        torch.testing.assert_close(registry.model(input_ids=PROMPT).logits[0], base_logits)
-        three = registry.model(input_ids=PROMPT.repeat(3, 1), adapter_names=[name, BASE_ADAPTER, name]).logits
-    torch.testing.assert_close(three[1], base_logits, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(three[0], three[2])
-    with pytest.raises(ValueError, match="non-existing"), torch.inference_mode():
-        registry.model(input_ids=PROMPT, adapter_names=["nobody-v9-9"])
-
-
-def test_threads_generating_at_once_each_get_their_adapters(
-    registry: AdapterRegistry, store: AdapterStore, tiny_model_factory, loaded: LoadedModel
-) -> None:
-    for i, expert in enumerate((Expert.REASON, Expert.TEACH)):
-        registry.register(expert, save_adapter(tiny_model_factory, store, expert, seed=40 + i).version)
-    jobs = {"a": [Expert.REASON, Expert.REASON], "b": [Expert.TEACH, None], "c": [None, Expert.REASON]}
-    prompt = PROMPT.repeat(2, 1)
-
-    def run(experts: list) -> torch.Tensor:
-        with registry.use(experts) as names, torch.inference_mode():
-            return registry.model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=8,
-                do_sample=False,
-                adapter_names=names,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-            )
-
-    expected = {key: run(experts) for key, experts in jobs.items()}
-    assert not torch.equal(expected["a"], expected["b"])
-    results: dict[str, list[torch.Tensor]] = {key: [] for key in jobs}
-    errors: list[BaseException] = []
-
-    def worker(key: str) -> None:
-        try:
-            for _ in range(3):
-                results[key].append(run(jobs[key]))
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(key,)) for key in jobs]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    for key, outputs in results.items():
-        assert len(outputs) == 3 and all(torch.equal(out, expected[key]) for out in outputs)
 
 
 # --- validation: every failure is an AdapterError and the other adapters keep working -----------------------
@@ -318,7 +211,9 @@ def test_one_registry_per_model_and_close_restores_it(
     first.register(Expert.REASON, save_adapter(tiny_model_factory, store, Expert.REASON, seed=11).version)
     with pytest.raises(ValueError, match="close"):
         AdapterRegistry(loaded, store, capacity_on_device=2)
+    assert first.model is first.peft_model and first.model_generation == 1
     first.close()
+    assert first.model is loaded.model and first.model_generation == 2
     assert not any("lora" in name for name, _ in loaded.model.named_modules())
     assert "forward" not in loaded.model.__dict__
     with torch.inference_mode():
@@ -337,92 +232,13 @@ def test_first_adapter_failing_leaves_the_plain_model(
         registry.register(Expert.TEACH, bad.version)
     assert registry.peft_model is None and registry.model is loaded.model
     assert not any("lora" in name for name, _ in loaded.model.named_modules())
-    assert registry.call_kwargs([BASE_ADAPTER]) == {}
-    with pytest.raises(AdapterError):
-        registry.call_kwargs(["teach-v0-1"])
+    assert registry.model_generation == 2  # wrapped for the trial, unwrapped again
+    with pytest.raises(AdapterError, match="no adapter is registered"), registry.use([Expert.TEACH]):
+        pass
     good = save_adapter(tiny_model_factory, store, Expert.TEACH, seed=5)
     registry.register(Expert.TEACH, good.version)  # the registry recovers
     assert registry.serving_versions() == {"teach": good.version}
-
-
-# --- residency: LRU on the compute device ------------------------------------------------------------------
-
-
-def test_lru_offloads_least_recently_used_idle_adapters(
-    loaded: LoadedModel, store: AdapterStore, tiny_model_factory
-) -> None:
-    registry = AdapterRegistry(loaded, store, capacity_on_device=2)
-    try:
-        experts = [Expert.REASON, Expert.EXPLAIN, Expert.TEACH, Expert.PREDICT]
-        refs = {}
-        for i, expert in enumerate(experts):
-            registry.register(expert, save_adapter(tiny_model_factory, store, expert, seed=20 + i).version)
-        names = dict(zip(experts, registry.adapter_names_for(experts), strict=True))
-        stats = registry.stats()
-        assert stats["resident"] == [names[Expert.TEACH], names[Expert.PREDICT]]  # the two newest
-        assert set(stats["offloaded"]) == {names[Expert.REASON], names[Expert.EXPLAIN]}
-        assert stats["evictions"] == 2
-
-        with registry.use([Expert.REASON]) as held:  # miss: brought back, evicts the LRU (teach)
-            refs[Expert.REASON] = logits(registry, held)
-        stats = registry.stats()
-        assert stats["resident"] == [names[Expert.PREDICT], names[Expert.REASON]]
-        assert stats["misses"] == 1 and stats["evictions"] == 3
-
-        registry.prefetch(Expert.PREDICT)  # a hit that refreshes predict: reason becomes the LRU
-        registry.prefetch(Expert.EXPLAIN)
-        assert registry.stats()["resident"] == [names[Expert.PREDICT], names[Expert.EXPLAIN]]
-        assert registry.stats()["hits"] == 1
-
-        # adapters in use are never offloaded: capacity is exceeded for the request instead
-        with registry.use(experts) as held:
-            assert set(registry.stats()["resident"]) == set(held)
-            mixed = logits(registry, held)
-        torch.testing.assert_close(mixed[0], refs[Expert.REASON][0], rtol=1e-4, atol=1e-4)
-        # an adapter offloaded and brought back gives the same output
-        registry.prefetch(Expert.TEACH)
-        registry.prefetch(Expert.PREDICT)
-        assert names[Expert.REASON] in registry.stats()["offloaded"]
-        with registry.use([Expert.REASON]) as held:
-            torch.testing.assert_close(logits(registry, held), refs[Expert.REASON], rtol=0, atol=0)
-        assert registry.adapter_devices(names[Expert.REASON]) == {torch.device("cpu")}
-    finally:
-        registry.close()
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_offload_moves_tensors_between_gpu_and_cpu(tiny_model_factory, store: AdapterStore) -> None:
-    loaded = tiny_model_factory()
-    loaded.model.to("cuda")
-    loaded.device = torch.device("cuda")
-    registry = AdapterRegistry(loaded, store, capacity_on_device=1)
-    try:
-        registry.register(
-            Expert.REASON, save_adapter(tiny_model_factory, store, Expert.REASON, seed=1).version
-        )
-        with registry.use([Expert.REASON]) as held:
-            ref = logits(registry, held, PROMPT.cuda())
-        registry.register(Expert.TEACH, save_adapter(tiny_model_factory, store, Expert.TEACH, seed=2).version)
-        reason = registry.adapter_names_for([Expert.REASON])[0]
-        assert {d.type for d in registry.adapter_devices(reason)} == {"cpu"}
-        with registry.use([Expert.REASON]) as held:
-            assert {d.type for d in registry.adapter_devices(reason)} == {"cuda"}
-            torch.testing.assert_close(logits(registry, held, PROMPT.cuda()), ref, rtol=0, atol=0)
-    finally:
-        registry.close()
-
-
-def test_memory_estimate_matches_loaded_bytes(
-    registry: AdapterRegistry, store: AdapterStore, tiny_model_factory
-):
-    version = save_adapter(tiny_model_factory, store, Expert.PREDICT, seed=6)
-    store.promote(Expert.PREDICT, version.version)
-    from_file = registry.memory_estimate(Expert.PREDICT)
-    registry.register(Expert.PREDICT)
-    # tiny llama: 2 layers x (q: 4x64 + 64x4, v: 4x64 + 32x4) float32 params
-    assert registry.memory_estimate(Expert.PREDICT) == from_file == 2 * (512 + 384) * 4
-    assert registry.stats()["bytes_on_device"] == from_file
+    assert registry.model is registry.peft_model and registry.model_generation == 3
 
 
 # --- hot swap ----------------------------------------------------------------------------------------------
@@ -436,7 +252,7 @@ def test_swap_waits_for_holders_then_deletes_old(
     registry.register(Expert.REASON, old.version)
     with registry.use([Expert.REASON]) as held:
         old_out = logits(registry, held)
-        registry.swap(Expert.REASON, new.version)
+        registry.register(Expert.REASON, new.version)
         assert registry.serving_versions() == {"reason": new.version}
         # the running request keeps its adapter until it leaves
         assert held[0] in registry.peft_model.peft_config
@@ -461,7 +277,7 @@ def test_swap_to_broken_version_keeps_serving_the_old(
     with registry.use([Expert.TEACH]) as held:
         before = logits(registry, held)
     with pytest.raises(AdapterError, match="rank 64 is above the limit of 16"):
-        registry.swap(Expert.TEACH, bad.version)
+        registry.register(Expert.TEACH, bad.version)
     assert registry.serving_versions() == {"teach": good.version}
     with registry.use([Expert.TEACH]) as held:
         torch.testing.assert_close(logits(registry, held), before, rtol=0, atol=0)
@@ -506,9 +322,9 @@ def test_serving_continues_during_swap(
     thread.start()
     try:
         wait_for(2)
-        registry.swap(Expert.PREDICT, versions[1].version)  # while the thread is generating
+        registry.register(Expert.PREDICT, versions[1].version)  # while the thread is generating
         wait_for(4)
-        registry.swap(Expert.PREDICT, versions[2].version)
+        registry.register(Expert.PREDICT, versions[2].version)
         wait_for(6)
     finally:
         stop.set()
@@ -519,7 +335,7 @@ def test_serving_continues_during_swap(
     # each generation used exactly one version: compare with a fresh run of that version afterwards
     reference = {}
     for version in versions:
-        registry.swap(Expert.PREDICT, version.version)
+        registry.register(Expert.PREDICT, version.version)
         with registry.use([Expert.PREDICT, None]) as names, torch.inference_mode():
             reference[version.version] = registry.model.generate(
                 input_ids=prompt,

@@ -252,8 +252,8 @@ def test_adapters_load_swap_and_mix_on_an_int4_model_like_on_the_dense_one(
                 stack.enter_context(_all_int4(loaded.model))  # the head keeps its (tied) dense weight
             assert registry.register_serving([Expert.REASON, Expert.EXPLAIN]) == {}
             with registry.use(experts) as names:
-                mixed = _logits(registry.model, PROMPT.repeat(3, 1), **registry.call_kwargs(names))
-                singles = [_logits(registry.model, PROMPT, **registry.call_kwargs([n]))[0] for n in names]
+                mixed = _logits(registry.model, PROMPT.repeat(3, 1), adapter_names=names)
+                singles = [_logits(registry.model, PROMPT, adapter_names=[n])[0] for n in names]
             for row, single in zip(mixed, singles, strict=True):  # mixed batch == each adapter alone
                 torch.testing.assert_close(row, single, rtol=1e-4, atol=1e-4)
             out[kind] = mixed
@@ -266,7 +266,7 @@ def test_adapters_load_swap_and_mix_on_an_int4_model_like_on_the_dense_one(
                 registry.register(Expert.REASON)
                 with registry.use([Expert.REASON]) as swapped:
                     assert not torch.allclose(
-                        _logits(registry.model, **registry.call_kwargs(swapped))[0], mixed[0], atol=1e-3
+                        _logits(registry.model, adapter_names=swapped)[0], mixed[0], atol=1e-3
                     )
         if kind == "int4":  # close() gives the quantized model back
             assert isinstance(loaded.model.model.layers[0].self_attn.q_proj, Int4Linear)
@@ -288,34 +288,34 @@ def test_generator_runs_a_mixed_adapter_batch_on_an_int4_model(tiny_model_factor
     try:
         registry.register_serving([Expert.REASON, Expert.EXPLAIN])
         generator = Generator(registry, max_batch_size=4)
-        names = registry.adapter_names_for([Expert.REASON, None, Expert.EXPLAIN, Expert.REASON])
-        gen = torch.Generator().manual_seed(0)
-        prompts = [torch.randint(3, 40000, (5 + 4 * i,), generator=gen).tolist() for i in range(4)]
+        with registry.use([Expert.REASON, None, Expert.EXPLAIN, Expert.REASON]) as names:
+            gen = torch.Generator().manual_seed(0)
+            prompts = [torch.randint(3, 40000, (5 + 4 * i,), generator=gen).tolist() for i in range(4)]
 
-        def run(jobs: list[tuple[list[int], str]]) -> list[list[int]]:
-            results: list[list[int]] = [[] for _ in jobs]
-            generator.run_batch(
-                [
-                    GenJob(
-                        input_ids=ids,
-                        adapter_name=name,
-                        max_new_tokens=8,
-                        eos_token_ids=[],
-                        on_done=lambda out, _stats, i=i: results[i].extend(out),
-                        on_error=lambda exc: pytest.fail(f"job failed: {exc!r}"),
-                    )
-                    for i, (ids, name) in enumerate(jobs)
-                ]
-            )
-            return results
+            def run(jobs: list[tuple[list[int], str]]) -> list[list[int]]:
+                results: list[list[int]] = [[] for _ in jobs]
+                generator.run_batch(
+                    [
+                        GenJob(
+                            input_ids=ids,
+                            adapter_name=name,
+                            max_new_tokens=8,
+                            eos_token_ids=[],
+                            on_done=lambda out, _stats, i=i: results[i].extend(out),
+                            on_error=lambda exc: pytest.fail(f"job failed: {exc!r}"),
+                        )
+                        for i, (ids, name) in enumerate(jobs)
+                    ]
+                )
+                return results
 
-        together = run(list(zip(prompts, names, strict=True)))
-        alone = [run([(ids, name)])[0] for ids, name in zip(prompts, names, strict=True)]
-        assert all(len(ids) == 8 for ids in together)
-        # float32 model, int4 kernel rows independent of the batch: exactly the tokens of each job alone
-        assert together == alone
-        same_prompt = run([(prompts[0], name) for name in (names[0], BASE_ADAPTER)])
-        assert same_prompt[0] != same_prompt[1]  # the adapter really takes part
+            together = run(list(zip(prompts, names, strict=True)))
+            alone = [run([(ids, name)])[0] for ids, name in zip(prompts, names, strict=True)]
+            assert all(len(ids) == 8 for ids in together)
+            # float32 model, int4 kernel rows independent of the batch: exactly the tokens of each job alone
+            assert together == alone
+            same_prompt = run([(prompts[0], name) for name in (names[0], BASE_ADAPTER)])
+            assert same_prompt[0] != same_prompt[1]  # the adapter really takes part
     finally:
         registry.close()
 
