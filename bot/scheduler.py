@@ -351,7 +351,7 @@ class JobScheduler:
             if new < minimum:
                 return f"skipped: {new} new feedback examples (fewer than {minimum})"
         run_id = (
-            await store.start_run(experts, trigger, examples=len(examples)) if store is not None else None
+            await store.runs.start(experts, trigger, examples=len(examples)) if store is not None else None
         )
         try:
             report = await asyncio.to_thread(self._retrain_fn, self.settings, experts, examples)
@@ -360,13 +360,13 @@ class JobScheduler:
                 status = "interrupted" if isinstance(exc, asyncio.CancelledError) else "failed"
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
-                        store.finish_run(run_id, status, {"error": f"{type(exc).__name__}: {exc}"})
+                        store.runs.finish(run_id, status, {"error": f"{type(exc).__name__}: {exc}"})
                     )
             raise
         summary = report_summary(report)
         status = run_status(summary)
         if run_id is not None:
-            await store.finish_run(run_id, status, summary)
+            await store.runs.finish(run_id, status, summary)
         if status == "promoted" and self._after_retrain is not None:
             await _call(self._after_retrain, report)  # e.g. the engine reloads the promoted adapters
         return f"{status} ({trigger}, {len(examples)} feedback examples)"
@@ -375,7 +375,7 @@ class JobScheduler:
         """Feedback examples voted on since the last completed run started."""
         if self.store is None:
             return 0
-        last = await self.store.last_run(finished=True)
+        last = await self.store.runs.last(finished=True)
         if last is None:
             return len(examples)
         return len(await self.store.export_training_examples(since=last.started))

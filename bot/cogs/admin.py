@@ -142,7 +142,7 @@ class Admin(commands.Cog):
         if store is None:
             _field(embed, "Last retraining", "no feedback store")
             return []
-        runs = await store.runs(RUNS_PLOTTED)
+        runs = await store.runs.recent(RUNS_PLOTTED)
         if not runs:
             _field(embed, "Last retraining", "none yet")
             return runs
@@ -198,7 +198,7 @@ class Admin(commands.Cog):
             f"{s['answers']} answers · {s['votes']} votes (👍 {s['upvotes']} / 👎 {s['downvotes']}) "
             f"from {s['voters']} users · {s['size_bytes'] / 2**20:.1f} MiB",
         )
-        return latencies or await store.recent_latencies(LATENCIES_PLOTTED)
+        return latencies or await store.answers.recent_latencies(LATENCIES_PLOTTED)
 
 
 async def setup(bot: HexcoreBot) -> None:

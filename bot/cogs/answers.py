@@ -200,7 +200,7 @@ class Answers(commands.Cog):
         if self.bot.store is not None:
             # In the background: a slow database must not hold the user's slot or the reply.
             answer = outcome.answer
-            write = self.bot.store.record_answer(
+            write = self.bot.store.answers.record(
                 record.answer_id,
                 guild_id,
                 channel_id,
@@ -249,7 +249,7 @@ class Answers(commands.Cog):
             return
         if self.bot.store is not None:
             try:
-                await self.bot.store.record_vote(
+                await self.bot.store.votes.record(
                     str(interaction.message.id), interaction.user.id, value, "button"
                 )
             except Exception:

@@ -140,7 +140,7 @@ class Feedback(commands.Cog):
                 return
         name, value = found
         try:
-            await self.bot.store.record_vote(
+            await self.bot.store.votes.record(
                 payload.message_id, payload.user_id, value, reaction_source(name)
             )
         except UnknownAnswer:
@@ -154,7 +154,7 @@ class Feedback(commands.Cog):
         if found is None:
             return
         try:
-            await self.bot.store.remove_vote(
+            await self.bot.store.votes.remove(
                 payload.message_id, payload.user_id, source=reaction_source(found[0])
             )
         except Exception:
@@ -170,7 +170,7 @@ class Feedback(commands.Cog):
         if store is None:
             await send_ephemeral(interaction, NO_STORE)
             return
-        counts = await store.count_user_data(interaction.user.id)
+        counts = await store.users.count(interaction.user.id)
         if not any(counts.values()):
             await send_ephemeral(interaction, "Nothing is stored about you: no questions, no votes.")
             return
@@ -193,7 +193,7 @@ class Feedback(commands.Cog):
             await interaction.response.edit_message(content=NO_STORE, view=None)
             return
         try:
-            counts = await store.delete_user_data(user_id)
+            counts = await store.users.delete(user_id)
         except Exception:
             log.exception("could not delete the data of user %s", user_id)
             await interaction.response.edit_message(

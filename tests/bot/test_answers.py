@@ -291,20 +291,20 @@ async def test_answers_and_votes_are_stored(harness, engine, tmp_path):
         rec = await harness.slash("explain", question=QUESTION)
         await harness.settle()  # answers are stored in the background
         answer_id = str(rec.original.id)
-        assert await store.is_answer(answer_id)
+        assert await store.answers.exists(answer_id)
         vote = await harness.click(rec.original, views.UNHELPFUL_ID, user=1)
         assert vote.original.ephemeral
-        assert [(v.user_id, v.value, v.source) for v in await store.votes(answer_id)] == [
+        assert [(v.user_id, v.value, v.source) for v in await store.votes.on_answer(answer_id)] == [
             (harness.members[1].id, -1, "button")
         ]
         await harness.click(rec.original, views.HELPFUL_ID, user=1)  # a changed vote replaces the old one
         await harness.click(rec.original, views.HELPFUL_ID, user=2)
-        assert sorted(v.value for v in await store.votes(answer_id)) == [1, 1]
+        assert sorted(v.value for v in await store.votes.on_answer(answer_id)) == [1, 1]
         [row] = await store.export_training_examples()
         assert row["question"] == QUESTION and row["experts"] == ["explain"]
         assert row["citations"] == ["CR 702.19b (2026-01-16)"] and row["answer"].startswith("Trample")
         assert row["score"] == 2
-        assert (await store.recent_latencies()) != []
+        assert (await store.answers.recent_latencies()) != []
     finally:
         await store.close()
 
