@@ -163,7 +163,7 @@ async def test_forgetme_confirmed_deletes_exactly_that_users_data(fb, store):
     assert not await store.answers.exists(mine.id) and await store.answers.exists(theirs.id)
     assert votes_of(await store.votes.on_answer(theirs.id)) == {(fb.members[2].id, -1, "button")}
     assert await store.users.count(fb.members[0].id) == {"answers": 0, "votes": 0}
-    assert mine.id not in fb.bot.get_cog("Answers").records, "in-memory copies are dropped too"
+    assert mine.id not in fb.bot.answers.records, "in-memory copies are dropped too"
     assert fb.errors.records == []
 
 
