@@ -1,7 +1,8 @@
 """The bot: lifecycle only (RoboDanny style). Features live in cogs; the work happens in the engine.
 
-``HexcoreBot`` holds the engine, settings, optional feedback store and scheduler, loads the extensions
-(each failure logged, never fatal), registers persistent views and syncs the slash commands.
+``HexcoreBot`` holds the engine, settings, optional feedback store and scheduler, and the one answer
+service every cog calls (``bot.answering``); it loads the extensions (each failure logged, never fatal),
+registers persistent views and syncs the slash commands.
 """
 
 from __future__ import annotations
@@ -9,16 +10,22 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
+from bot.answering import AnswerService
 from bot.errors import on_app_command_error
 from bot.limits import Clock, SystemClock, UserGate
 from bot.tasks import BackgroundTasks
 from engine.api import Engine
 from hexcore.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.scheduler import JobScheduler
+    from bot.storage import FeedbackStore
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +56,8 @@ class HexcoreBot(commands.AutoShardedBot):
         engine: Engine,
         settings: Settings,
         *,
-        store: Any = None,
-        scheduler: Any = None,
+        store: FeedbackStore | None = None,
+        scheduler: JobScheduler | None = None,
         clock: Clock | None = None,
     ) -> None:
         super().__init__(
@@ -64,15 +71,17 @@ class HexcoreBot(commands.AutoShardedBot):
         self.engine = engine
         self.settings = settings
         self.store = store
-        """Feedback store (``bot.storage.FeedbackStore``) or None: answers and votes are then not stored."""
+        """Feedback store or None: answers and votes are then not stored."""
         self.scheduler = scheduler
         self.clock: Clock = clock or SystemClock()
         self.gate = UserGate(settings.bot.cooldown_s, self.clock)
         self.background = BackgroundTasks()
+        self.answers = AnswerService(self)
+        """The one answer flow (admission, streaming, answer records, thread sessions) every cog calls."""
         self.view_factories: list[Callable[[], discord.ui.View]] = []
         """Cogs append a factory in ``cog_load``; ``setup_hook`` registers each view as persistent."""
         self.extension_errors: dict[str, str] = {}
-        self.synced_commands: list[Any] = []
+        self.synced_commands: list[app_commands.AppCommand] = []
         self.tree.on_error = on_app_command_error
 
     async def setup_hook(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import discord
+from discord.ext import commands
 
 # Discord API limits (https://discord.com/developers/docs/resources/message, .../channel#embed-object-embed-limits).
 CONTENT_LIMIT = 2000
@@ -83,28 +84,33 @@ class Rejection:
 class UserGate:
     """One generation at a time per user, and a cooldown between the starts of two questions.
 
-    In memory: a restart forgets cooldowns, which is harmless. Entries older than the cooldown are
-    pruned on each acquire, so the map stays as small as the set of recently active users.
+    The cooldown is a discord.py ``CooldownMapping`` (one token per ``cooldown_s``, keyed by user id) read
+    on the bot's clock. In memory: a restart forgets cooldowns, which is harmless. The mapping drops
+    entries older than the cooldown on each acquire, so it stays as small as the set of recently active
+    users.
     """
 
     def __init__(self, cooldown_s: float, clock: Clock | None = None) -> None:
         self.cooldown_s = cooldown_s
         self.clock: Clock = clock or SystemClock()
         self._busy: set[int] = set()
-        self._last_start: dict[int, float] = {}
+        self._cooldowns: commands.CooldownMapping[int] = commands.CooldownMapping.from_cooldown(
+            1, cooldown_s, _user_key
+        )
 
     def try_acquire(self, user_id: int) -> Rejection | None:
         """Reserve the user's slot; ``None`` on success (call :meth:`release` when done)."""
         now = self.clock.monotonic()
-        self._prune(now)
+        bucket = self._cooldowns.get_bucket(user_id, now)
+        assert bucket is not None  # a keyed mapping always has one
         if user_id in self._busy:
             return Rejection("busy", "You already have a question in progress. Please wait for its answer.")
-        last = self._last_start.get(user_id)
-        if last is not None and now - last < self.cooldown_s:
-            wait = self.cooldown_s - (now - last)
+        wait = bucket.get_retry_after(now)
+        if wait > 0:
             return Rejection("cooldown", f"Please wait {math.ceil(wait)} s before asking another question.")
+        bucket.reset()  # a cooldown that ends exactly now is over (the bucket itself waits for "after")
+        bucket.update_rate_limit(now)
         self._busy.add(user_id)
-        self._last_start[user_id] = now
         return None
 
     def release(self, user_id: int) -> None:
@@ -113,8 +119,6 @@ class UserGate:
     def is_busy(self, user_id: int) -> bool:
         return user_id in self._busy
 
-    def _prune(self, now: float) -> None:
-        stale = [uid for uid, t in self._last_start.items() if now - t >= self.cooldown_s]
-        for uid in stale:
-            if uid not in self._busy:
-                del self._last_start[uid]
+
+def _user_key(user_id: int) -> int:
+    return user_id

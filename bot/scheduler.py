@@ -28,21 +28,30 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+if TYPE_CHECKING:
+    from apscheduler.triggers.base import BaseTrigger
+
+    from bot.storage import FeedbackStore
+    from engine.api import Engine
+    from hexcore.settings import Settings
+    from training.pipeline import RetrainReport
+
 log = logging.getLogger(__name__)
 
 RETRAIN = "retrain"
 WARM_UP = "warm-up"
 
-RetrainFn = Callable[[Any, "list[str] | None", "list[dict]"], Any]
-"""``(settings, experts or None for all, feedback examples) -> RetrainReport``; runs in a thread."""
-WarmUpFn = Callable[[], Any]
+RetrainFn = Callable[["Settings", "list[str] | None", "list[dict]"], object]
+"""``(settings, experts or None for all, feedback examples) -> RetrainReport`` (or any report
+:func:`report_summary` reads); runs in a thread."""
+WarmUpFn = Callable[[], object]
 """Async (awaited on the loop) or sync (run in a thread): load the index and model, precompute answers."""
 Clock = Callable[[], dt.datetime]
 
@@ -53,7 +62,7 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def default_retrain(settings: Any, experts: list[str] | None, examples: list[dict]) -> Any:
+def default_retrain(settings: Settings, experts: list[str] | None, examples: list[dict]) -> RetrainReport:
     """The real pipeline, imported only when a run starts (it pulls in torch and peft)."""
     from hexcore.state_lock import state_lock
 
@@ -97,7 +106,7 @@ class ExpertResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def report_summary(report: Any) -> dict:
+def report_summary(report: object) -> dict:
     """A JSON-able dict of whatever the pipeline returned (``to_json()`` preferred)."""
     if report is None:
         return {}
@@ -118,7 +127,7 @@ def expert_results(summary: Mapping | None) -> list[ExpertResult]:
     ``{"expert": name, ...}``, or ``{name: {"promoted": ...}}``."""
     if not summary:
         return []
-    entries: Any = summary.get("experts", summary)
+    entries: object = summary.get("experts", summary)
     if isinstance(entries, Mapping):
         items = [(str(k), v) for k, v in entries.items() if isinstance(v, Mapping)]
     elif isinstance(entries, Sequence) and not isinstance(entries, str):
@@ -158,7 +167,7 @@ def run_status(summary: Mapping | None) -> str:
     return "finished"
 
 
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+async def _call(fn: Callable[..., object], *args: object) -> object:
     """Await an async callable on the loop; run a sync one in a thread (it may block)."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
@@ -179,12 +188,12 @@ class JobScheduler:
 
     def __init__(
         self,
-        settings: Any,
-        store: Any = None,
+        settings: Settings,
+        store: FeedbackStore | None = None,
         *,
         retrain: RetrainFn | None = default_retrain,
         warm_up: WarmUpFn | None = None,
-        after_retrain: Callable[[Any], Any] | None = None,
+        after_retrain: Callable[[object], object] | None = None,
         clock: Clock = utcnow,
         timezone: dt.tzinfo | str | None = None,
         warm_up_interval_s: float = 1800.0,
@@ -222,7 +231,7 @@ class JobScheduler:
             )
 
     def _add(
-        self, job_id: str, name: str, body: Callable[[], Awaitable[str]], trigger: Any, **kw: Any
+        self, job_id: str, name: str, body: Callable[[], Awaitable[str]], trigger: BaseTrigger, **kw: Any
     ) -> None:
         self.states[job_id] = JobState(job_id, name)
         options = {"max_instances": 1, "coalesce": True, "misfire_grace_time": self.misfire_grace_s, **kw}
@@ -351,7 +360,7 @@ class JobScheduler:
             if new < minimum:
                 return f"skipped: {new} new feedback examples (fewer than {minimum})"
         run_id = (
-            await store.start_run(experts, trigger, examples=len(examples)) if store is not None else None
+            await store.runs.start(experts, trigger, examples=len(examples)) if store is not None else None
         )
         try:
             report = await asyncio.to_thread(self._retrain_fn, self.settings, experts, examples)
@@ -360,13 +369,13 @@ class JobScheduler:
                 status = "interrupted" if isinstance(exc, asyncio.CancelledError) else "failed"
                 with contextlib.suppress(Exception):
                     await asyncio.shield(
-                        store.finish_run(run_id, status, {"error": f"{type(exc).__name__}: {exc}"})
+                        store.runs.finish(run_id, status, {"error": f"{type(exc).__name__}: {exc}"})
                     )
             raise
         summary = report_summary(report)
         status = run_status(summary)
         if run_id is not None:
-            await store.finish_run(run_id, status, summary)
+            await store.runs.finish(run_id, status, summary)
         if status == "promoted" and self._after_retrain is not None:
             await _call(self._after_retrain, report)  # e.g. the engine reloads the promoted adapters
         return f"{status} ({trigger}, {len(examples)} feedback examples)"
@@ -375,13 +384,13 @@ class JobScheduler:
         """Feedback examples voted on since the last completed run started."""
         if self.store is None:
             return 0
-        last = await self.store.last_run(finished=True)
+        last = await self.store.runs.last(finished=True)
         if last is None:
             return len(examples)
         return len(await self.store.export_training_examples(since=last.started))
 
 
-async def build_scheduler(settings: Any, engine: Any, store: Any) -> JobScheduler:
+async def build_scheduler(settings: Settings, engine: Engine, store: FeedbackStore | None) -> JobScheduler:
     """The bot's scheduler, started (``hexcore bot``): warm-up through ``engine.warm_up`` when the engine
     has one, promoted adapters reloaded through ``engine.reload_adapters`` when it has one."""
     scheduler = JobScheduler(

@@ -11,13 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bot.scheduler import expert_results
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from bot.storage import RetrainRun
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PREFERRED_METRICS = ("score", "accuracy", "citation_accuracy", "exact_match", "eval_loss", "loss")
@@ -26,7 +31,9 @@ PREFERRED_METRICS = ("score", "accuracy", "citation_accuracy", "exact_match", "e
 Point = tuple[dt.datetime | float, float]
 
 
-def curves_from_runs(runs: Sequence[Any], metric: str | None = None) -> tuple[str, dict[str, list[Point]]]:
+def curves_from_runs(
+    runs: Sequence[RetrainRun], metric: str | None = None
+) -> tuple[str, dict[str, list[Point]]]:
     """Per-expert series of one validation metric over retraining runs (``RetrainRun``s, oldest first).
 
     Returns the metric's name and ``{expert: [(finished time, value), ...]}``.
@@ -44,13 +51,13 @@ def curves_from_runs(runs: Sequence[Any], metric: str | None = None) -> tuple[st
     return metric, curves
 
 
-def _empty(ax: Any, text: str) -> None:
+def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _latency_panel(ax: Any, latencies_ms: Sequence[float]) -> None:
+def _latency_panel(ax: Axes, latencies_ms: Sequence[float]) -> None:
     ax.set_title("Answer latency", fontsize=10)
     values = np.asarray([v for v in latencies_ms if v is not None and np.isfinite(v)], dtype=float)
     if values.size == 0:
@@ -65,7 +72,7 @@ def _latency_panel(ax: Any, latencies_ms: Sequence[float]) -> None:
     ax.legend(fontsize=8)
 
 
-def _curves_panel(ax: Any, metric: str, curves: Mapping[str, Sequence[Point]]) -> None:
+def _curves_panel(ax: Axes, metric: str, curves: Mapping[str, Sequence[Point]]) -> None:
     ax.set_title(f"Retraining validation{f': {metric}' if metric else ''}", fontsize=10)
     if not any(curves.values()):
         _empty(ax, "no retraining runs yet")

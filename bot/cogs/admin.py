@@ -9,9 +9,11 @@ checks again itself, since server admins can change who sees a command. Replies 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from bot.client import HexcoreBot
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PLOT_NAME = "status.png"
 LATENCIES_PLOTTED = 500
@@ -46,7 +50,7 @@ def is_admin(interaction: discord.Interaction) -> bool:
     return interaction.permissions.manage_guild
 
 
-def admin_only() -> Any:
+def admin_only() -> Callable[[T], T]:
     def predicate(interaction: discord.Interaction) -> bool:
         if not is_admin(interaction):
             raise NotAdmin()
@@ -55,7 +59,7 @@ def admin_only() -> Any:
     return app_commands.check(predicate)
 
 
-def _when(value: Any) -> str:
+def _when(value: dt.datetime | None) -> str:
     return discord.utils.format_dt(value, "f") if value is not None else "never"
 
 
@@ -142,7 +146,7 @@ class Admin(commands.Cog):
         if store is None:
             _field(embed, "Last retraining", "no feedback store")
             return []
-        runs = await store.runs(RUNS_PLOTTED)
+        runs = await store.runs.recent(RUNS_PLOTTED)
         if not runs:
             _field(embed, "Last retraining", "none yet")
             return runs
@@ -198,7 +202,7 @@ class Admin(commands.Cog):
             f"{s['answers']} answers · {s['votes']} votes (👍 {s['upvotes']} / 👎 {s['downvotes']}) "
             f"from {s['voters']} users · {s['size_bytes'] / 2**20:.1f} MiB",
         )
-        return latencies or await store.recent_latencies(LATENCIES_PLOTTED)
+        return latencies or await store.answers.recent_latencies(LATENCIES_PLOTTED)
 
 
 async def setup(bot: HexcoreBot) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 import discord
 from discord import app_commands
@@ -50,7 +50,7 @@ def reaction_source(name: str) -> str:
     return f"reaction:{name}"
 
 
-def _clock_now(bot: Any) -> dt.datetime:
+def _clock_now(bot: discord.Client) -> dt.datetime:
     clock = getattr(bot, "clock", None)
     return clock.now() if clock is not None else discord.utils.utcnow()
 
@@ -87,7 +87,6 @@ class ForgetButton(
         return True
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog = interaction.client.get_cog("Feedback")  # type: ignore[attr-defined]
         if self.action == "cancel":
             await interaction.response.edit_message(content="Cancelled: nothing was deleted.", view=None)
             return
@@ -97,10 +96,32 @@ class ForgetButton(
                 content="This confirmation expired. Run /forgetme again.", view=None
             )
             return
-        if cog is None:
-            await send_ephemeral(interaction, "Feedback is unavailable right now. Please try again later.")
-            return
-        await cog.forget(interaction, self.user_id)
+        await forget(cast("HexcoreBot", interaction.client), interaction, self.user_id)
+
+
+async def forget(bot: HexcoreBot, interaction: discord.Interaction, user_id: int) -> None:
+    """The confirmed ``/forgetme``: delete the stored data, then the in-memory copies."""
+    store = bot.store
+    if store is None:
+        await interaction.response.edit_message(content=NO_STORE, view=None)
+        return
+    try:
+        counts = await store.users.delete(user_id)
+    except Exception:
+        log.exception("could not delete the data of user %s", user_id)
+        await interaction.response.edit_message(
+            content="Deleting your data failed; nothing was deleted. Please try again later.", view=None
+        )
+        return
+    bot.answers.forget_user(user_id)  # the in-memory copies of their questions
+    log.info("deleted the stored data of user %s: %s", user_id, counts)
+    await interaction.response.edit_message(
+        content=(
+            f"Done: deleted {counts['answers']} answer(s), {counts['votes']} vote(s) of yours, "
+            f"{counts['votes_on_answers']} vote(s) on your answers and {counts['threads']} thread link(s)."
+        ),
+        view=None,
+    )
 
 
 class Feedback(commands.Cog):
@@ -140,7 +161,7 @@ class Feedback(commands.Cog):
                 return
         name, value = found
         try:
-            await self.bot.store.record_vote(
+            await self.bot.store.votes.record(
                 payload.message_id, payload.user_id, value, reaction_source(name)
             )
         except UnknownAnswer:
@@ -154,7 +175,7 @@ class Feedback(commands.Cog):
         if found is None:
             return
         try:
-            await self.bot.store.remove_vote(
+            await self.bot.store.votes.remove(
                 payload.message_id, payload.user_id, source=reaction_source(found[0])
             )
         except Exception:
@@ -170,7 +191,7 @@ class Feedback(commands.Cog):
         if store is None:
             await send_ephemeral(interaction, NO_STORE)
             return
-        counts = await store.count_user_data(interaction.user.id)
+        counts = await store.users.count(interaction.user.id)
         if not any(counts.values()):
             await send_ephemeral(interaction, "Nothing is stored about you: no questions, no votes.")
             return
@@ -186,37 +207,6 @@ class Feedback(commands.Cog):
             ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
         )
-
-    async def forget(self, interaction: discord.Interaction, user_id: int) -> None:
-        store = self.bot.store
-        if store is None:
-            await interaction.response.edit_message(content=NO_STORE, view=None)
-            return
-        try:
-            counts = await store.delete_user_data(user_id)
-        except Exception:
-            log.exception("could not delete the data of user %s", user_id)
-            await interaction.response.edit_message(
-                content="Deleting your data failed; nothing was deleted. Please try again later.", view=None
-            )
-            return
-        self._forget_in_memory(user_id)
-        log.info("deleted the stored data of user %s: %s", user_id, counts)
-        await interaction.response.edit_message(
-            content=(
-                f"Done: deleted {counts['answers']} answer(s), {counts['votes']} vote(s) of yours, "
-                f"{counts['votes_on_answers']} vote(s) on your answers and {counts['threads']} thread link(s)."
-            ),
-            view=None,
-        )
-
-    def _forget_in_memory(self, user_id: int) -> None:
-        """Drop the answers cog's recent-answer records of this user (questions kept for threads)."""
-        answers = self.bot.get_cog("Answers")
-        records = getattr(answers, "records", None)
-        if isinstance(records, dict):
-            for key in [k for k, r in records.items() if getattr(r, "user_id", None) == user_id]:
-                del records[key]
 
 
 async def setup(bot: HexcoreBot) -> None:

@@ -147,7 +147,7 @@ async def test_retrain_starts_a_run_and_answers_at_once(admin, store, retrain_ca
     assert "Retraining of the teach expert started" in rec.original.text()
     state = await admin.bot.scheduler.wait_idle(RETRAIN, 10)
     assert retrain_calls == [["teach"]] and state.last_result.startswith("promoted")
-    run = await store.last_run()
+    run = await store.runs.last()
     assert (run.status, run.trigger, run.experts) == ("promoted", "manual", ["teach"])
 
 
@@ -162,7 +162,7 @@ async def test_retrain_while_running_says_so(admin, store, retrain_calls):
     finally:
         gate.set()
     await admin.bot.scheduler.wait_idle(RETRAIN, 10)
-    assert retrain_calls == [None] and len(await store.runs()) == 1
+    assert retrain_calls == [None] and len(await store.runs.recent()) == 1
 
 
 async def test_retrain_without_a_scheduler(harness):
@@ -174,8 +174,8 @@ async def test_retrain_without_a_scheduler(harness):
 
 
 async def test_status_shows_every_part_and_attaches_a_plot(admin, store, engine):
-    await store.record_answer("a1", 1, 2, 3, "ask", "q?", "text", ["reason"], [], latency_ms=850.0)
-    await store.record_vote("a1", 4, 1, "button")
+    await store.answers.record("a1", 1, 2, 3, "ask", "q?", "text", ["reason"], [], latency_ms=850.0)
+    await store.votes.record("a1", 4, 1, "button")
     admin.bot.scheduler.request_retrain(["teach"])
     await admin.bot.scheduler.wait_idle(RETRAIN, 10)
     with uploads() as files:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from cachetools import LRUCache
 
 from bot import formatting, views
 from engine.api import Expert
@@ -269,18 +270,22 @@ async def test_card_option_autocomplete(harness):
     assert "Jace, the Mind Sculptor" in names and all("jace" in n.lower() for n in names)
 
 
-class RecordingStore:
-    """Stands in for B2's FeedbackStore interface (``record_answer``, ``record_vote``)."""
+class Recorder:
+    """One repository of a fake store: ``record(...)`` remembers its arguments."""
 
     def __init__(self) -> None:
-        self.answers: list[tuple] = []
-        self.votes: list[tuple] = []
+        self.calls: list[tuple] = []
 
-    async def record_answer(self, *args, **kwargs) -> None:
-        self.answers.append(args)
+    async def record(self, *args, **kwargs) -> None:
+        self.calls.append(args)
 
-    async def record_vote(self, *args) -> None:
-        self.votes.append(args)
+
+class RecordingStore:
+    """Stands in for FeedbackStore's ``answers.record`` and ``votes.record``."""
+
+    def __init__(self) -> None:
+        self.answers = Recorder()
+        self.votes = Recorder()
 
 
 async def test_answers_and_votes_are_stored(harness, engine, tmp_path):
@@ -291,20 +296,20 @@ async def test_answers_and_votes_are_stored(harness, engine, tmp_path):
         rec = await harness.slash("explain", question=QUESTION)
         await harness.settle()  # answers are stored in the background
         answer_id = str(rec.original.id)
-        assert await store.is_answer(answer_id)
+        assert await store.answers.exists(answer_id)
         vote = await harness.click(rec.original, views.UNHELPFUL_ID, user=1)
         assert vote.original.ephemeral
-        assert [(v.user_id, v.value, v.source) for v in await store.votes(answer_id)] == [
+        assert [(v.user_id, v.value, v.source) for v in await store.votes.on_answer(answer_id)] == [
             (harness.members[1].id, -1, "button")
         ]
         await harness.click(rec.original, views.HELPFUL_ID, user=1)  # a changed vote replaces the old one
         await harness.click(rec.original, views.HELPFUL_ID, user=2)
-        assert sorted(v.value for v in await store.votes(answer_id)) == [1, 1]
+        assert sorted(v.value for v in await store.votes.on_answer(answer_id)) == [1, 1]
         [row] = await store.export_training_examples()
         assert row["question"] == QUESTION and row["experts"] == ["explain"]
         assert row["citations"] == ["CR 702.19b (2026-01-16)"] and row["answer"].startswith("Trample")
         assert row["score"] == 2
-        assert (await store.recent_latencies()) != []
+        assert (await store.answers.recent_latencies()) != []
     finally:
         await store.close()
 
@@ -336,25 +341,24 @@ async def test_buttons_work_on_answers_posted_before_a_restart(harness):
     old.apply({"content": "", "components": views.AnswerView.rendered().to_components()})
     harness.messages[old.id] = old
     rec = await harness.click(old, views.HELPFUL_ID)
-    assert store.votes == [(str(old.id), harness.members[0].id, 1, "button")]
+    assert store.votes.calls == [(str(old.id), harness.members[0].id, 1, "button")]
     assert rec.original.ephemeral and harness.errors.records == []
 
 
-async def test_remembered_answers_are_bounded(harness, monkeypatch):
-    from bot.cogs import answers
-
-    monkeypatch.setattr(answers, "RECORDS_KEPT", 2)
+async def test_remembered_answers_are_bounded(harness):
+    harness.bot.answers.records = LRUCache(2)
     for _ in range(3):
         await harness.slash("ask", question=QUESTION)
-    assert len(harness.bot.get_cog("Answers").records) == 2
+    assert len(harness.bot.answers.records) == 2
 
 
 async def test_a_failing_store_does_not_break_answering(harness, caplog):
-    class BrokenStore(RecordingStore):
-        async def record_answer(self, *args, **kwargs) -> None:
+    class BrokenAnswers(Recorder):
+        async def record(self, *args, **kwargs) -> None:
             raise OSError("database is locked")
 
-    harness.bot.store = BrokenStore()
+    store = harness.bot.store = RecordingStore()
+    store.answers = BrokenAnswers()
     rec = await harness.slash("ask", question=QUESTION)
     await harness.settle()
     assert "Trample lets the attacker" in rec.original.text()

@@ -65,7 +65,7 @@ def test_reaction_values(emoji, expected):
 
 async def test_answers_are_stored(fb, store):
     answer = await ask(fb)
-    assert await store.is_answer(answer.id)
+    assert await store.answers.exists(answer.id)
     assert await store.export_training_examples() == [], "no votes yet"
     assert (await store.stats())["answers"] == 1
 
@@ -74,9 +74,9 @@ async def test_thumbs_up_reaction_is_a_vote_and_removing_it_removes_the_vote(fb,
     answer = await ask(fb)
     member = fb.members[1]
     await fb.react(answer, "👍", user=1)
-    assert votes_of(await store.votes(answer.id)) == {(member.id, 1, "reaction:👍")}
+    assert votes_of(await store.votes.on_answer(answer.id)) == {(member.id, 1, "reaction:👍")}
     await fb.react(answer, "👍", user=1, remove=True)
-    assert await store.votes(answer.id) == []
+    assert await store.votes.on_answer(answer.id) == []
     assert fb.errors.records == []
 
 
@@ -85,12 +85,12 @@ async def test_reactions_change_the_vote_and_skin_tones_count(fb, store):
     await fb.react(answer, "👍🏾", user=1)
     await fb.react(answer, "❌", user=1)
     await fb.react(answer, "✅", user=2)
-    assert votes_of(await store.votes(answer.id)) == {
+    assert votes_of(await store.votes.on_answer(answer.id)) == {
         (fb.members[1].id, -1, "reaction:❌"),
         (fb.members[2].id, 1, "reaction:✅"),
     }
     await fb.react(answer, "👍🏾", user=1, remove=True)  # no longer what cast member 1's vote
-    assert len(await store.votes(answer.id)) == 2
+    assert len(await store.votes.on_answer(answer.id)) == 2
 
 
 async def test_buttons_and_reactions_share_one_vote_per_user(fb, store):
@@ -98,12 +98,12 @@ async def test_buttons_and_reactions_share_one_vote_per_user(fb, store):
     uid = fb.members[1].id
     click = await fb.click(answer, views.HELPFUL_ID, user=1)
     assert click.original.ephemeral and "Thanks" in click.original.text()
-    assert votes_of(await store.votes(answer.id)) == {(uid, 1, "button")}
+    assert votes_of(await store.votes.on_answer(answer.id)) == {(uid, 1, "button")}
     await fb.react(answer, "👎", user=1)
-    assert votes_of(await store.votes(answer.id)) == {(uid, -1, "reaction:👎")}
+    assert votes_of(await store.votes.on_answer(answer.id)) == {(uid, -1, "reaction:👎")}
     await fb.click(answer, views.HELPFUL_ID, user=1)
     await fb.react(answer, "👎", user=1, remove=True)  # the button vote since then stays
-    assert votes_of(await store.votes(answer.id)) == {(uid, 1, "button")}
+    assert votes_of(await store.votes.on_answer(answer.id)) == {(uid, 1, "button")}
     await fb.click(answer, views.UNHELPFUL_ID, user=2)
     assert await store.export_training_examples() == [], "one up, one down: no example"
     await fb.react(answer, "✅", user=0)
@@ -160,10 +160,10 @@ async def test_forgetme_confirmed_deletes_exactly_that_users_data(fb, store):
     assert rec.original.content.startswith(
         "Done: deleted 1 answer(s), 1 vote(s) of yours, 1 vote(s) on your answers"
     )
-    assert not await store.is_answer(mine.id) and await store.is_answer(theirs.id)
-    assert votes_of(await store.votes(theirs.id)) == {(fb.members[2].id, -1, "button")}
-    assert await store.count_user_data(fb.members[0].id) == {"answers": 0, "votes": 0}
-    assert mine.id not in fb.bot.get_cog("Answers").records, "in-memory copies are dropped too"
+    assert not await store.answers.exists(mine.id) and await store.answers.exists(theirs.id)
+    assert votes_of(await store.votes.on_answer(theirs.id)) == {(fb.members[2].id, -1, "button")}
+    assert await store.users.count(fb.members[0].id) == {"answers": 0, "votes": 0}
+    assert mine.id not in fb.bot.answers.records, "in-memory copies are dropped too"
     assert fb.errors.records == []
 
 

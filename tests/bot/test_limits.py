@@ -40,7 +40,7 @@ def test_cooldown_state_is_pruned():
         gate.release(uid)
     clock.advance(6)
     gate.try_acquire(1000)
-    assert len(gate._last_start) == 1
+    assert len(gate._cooldowns._cache) == 1
 
 
 class _Interaction:

@@ -94,8 +94,8 @@ async def make(train_settings, store, fake_clock):
 
 async def voted_answers(store: FeedbackStore, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
-        await store.record_answer(f"a{i}", 1, 2, 3, "ask", f"q{i}?", f"answer {i}", ["reason"], [])
-        await store.record_vote(f"a{i}", 4, 1, "button")
+        await store.answers.record(f"a{i}", 1, 2, 3, "ask", f"q{i}?", f"answer {i}", ["reason"], [])
+        await store.votes.record(f"a{i}", 4, 1, "button")
 
 
 def test_jobs_are_configured_for_misfires_and_overlap(make):
@@ -184,7 +184,7 @@ async def test_retrain_runs_in_a_thread_and_records_its_result(make, store, trai
     settings, experts, examples, thread = calls[0]
     assert settings is train_settings and experts == ["reason"] and thread != threading.get_ident()
     assert [e["question"] for e in examples] == ["q0?", "q1?", "q2?"]
-    run = await store.last_run()
+    run = await store.runs.last()
     assert (run.status, run.trigger, run.experts, run.examples) == ("promoted", "manual", ["reason"], 3)
     assert run.validation == {"experts": PROMOTED} and run.finished is not None
     assert state.last_result.startswith("promoted") and len(reloaded) == 1
@@ -214,7 +214,7 @@ async def test_a_second_run_is_refused_while_one_is_running(make, store):
         release.set()
     state = await sched.wait_idle(RETRAIN, 10)
     assert state.runs == 1 and state.last_result.startswith("kept")
-    assert [r.status for r in await store.runs()] == ["kept"]
+    assert [r.status for r in await store.runs.recent()] == ["kept"]
     assert sched.request_retrain() == "started", "free again once it finished"
     await sched.wait_idle(RETRAIN, 10)
 
@@ -227,12 +227,12 @@ async def test_nightly_run_waits_for_enough_new_feedback(make, store):
     sched.run_now(RETRAIN)  # the nightly trigger
     await until(lambda: sched.states[RETRAIN].runs == 1 and not sched.states[RETRAIN].running)
     assert sched.states[RETRAIN].last_result == "skipped: 1 new feedback examples (fewer than 2)"
-    assert calls == [] and await store.last_run() is None
+    assert calls == [] and await store.runs.last() is None
     await voted_answers(store, 2, start=1)
     sched.run_now(RETRAIN)
     await until(lambda: sched.states[RETRAIN].runs == 2 and not sched.states[RETRAIN].running)
     assert len(calls) == 1 and len(calls[0]) == 3
-    assert (await store.last_run()).trigger == "nightly"
+    assert (await store.runs.last()).trigger == "nightly"
     # only feedback given after the last completed run counts as new
     sched.run_now(RETRAIN)
     await until(lambda: sched.states[RETRAIN].runs == 3 and not sched.states[RETRAIN].running)
@@ -251,7 +251,7 @@ async def test_a_failed_retraining_is_recorded_and_the_serving_adapters_stay(mak
         assert sched.request_retrain() == "started"
         state = await sched.wait_idle(RETRAIN, 10)
     assert state.failures == 1 and state.last_error == "RuntimeError: validation set unreadable"
-    run = await store.last_run()
+    run = await store.runs.last()
     assert run.status == "failed" and run.validation == {"error": "RuntimeError: validation set unreadable"}
     assert reloaded == [] and sched.running
     assert any(r.exc_info for r in caplog.records if r.name == "bot.scheduler")
@@ -268,7 +268,7 @@ async def test_missing_training_pipeline_is_a_recorded_failure(make, store, monk
     sched.start()
     sched.request_retrain()
     state = await sched.wait_idle(RETRAIN, 10)
-    assert "training.pipeline" in state.last_error and (await store.last_run()).status == "failed"
+    assert "training.pipeline" in state.last_error and (await store.runs.last()).status == "failed"
 
 
 async def test_missed_runs_are_coalesced_into_one(make):
@@ -309,7 +309,7 @@ async def test_close_interrupts_a_running_retraining(make, store):
         await sched.close()
         assert not sched.running
         assert sched.states[RETRAIN].last_result == "cancelled"
-        assert (await store.last_run()).status == "interrupted"
+        assert (await store.runs.last()).status == "interrupted"
     finally:
         release.set()
 

@@ -20,6 +20,7 @@ from bot.storage import (
     database_path,
     open_store,
 )
+from bot.storage.database import scalar
 from hexcore.settings import BotSettings, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +53,7 @@ async def store(tmp_path: Path, tick: Tick):
 async def answer(
     store: FeedbackStore, answer_id: str, user_id: int = 1, question: str = "What is trample?"
 ) -> None:
-    await store.record_answer(
+    await store.answers.record(
         answer_id,
         10,
         20,
@@ -75,10 +76,11 @@ async def test_wal_mode_schema_version_and_pragmas(store: FeedbackStore):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"answers", "votes", "threads", "retrain_runs"} <= tables
-    writer = store._writer
-    assert await store._scalar(writer, "PRAGMA foreign_keys") == 1
-    assert await store._scalar(writer, "PRAGMA busy_timeout") == 5000
-    assert await store._scalar(writer, "PRAGMA synchronous") == 2  # FULL
+    writer = store.db.writer
+    assert writer is not None
+    assert await scalar(writer, "PRAGMA foreign_keys") == 1
+    assert await scalar(writer, "PRAGMA busy_timeout") == 5000
+    assert await scalar(writer, "PRAGMA synchronous") == 2  # FULL
     stats = await store.stats()
     assert stats["journal_mode"] == "wal" and stats["schema_version"] == SCHEMA_VERSION
 
@@ -86,12 +88,12 @@ async def test_wal_mode_schema_version_and_pragmas(store: FeedbackStore):
 async def test_hundreds_of_concurrent_writers_lose_nothing(store: FeedbackStore):
     await asyncio.gather(*(answer(store, f"a{i}", user_id=i) for i in range(20)))
     votes = [(f"a{i}", u, 1 if (i + u) % 3 else -1) for i in range(20) for u in range(25)]
-    await asyncio.gather(*(store.record_vote(a, u, v, "button") for a, u, v in votes))
+    await asyncio.gather(*(store.votes.record(a, u, v, "button") for a, u, v in votes))
     stats = await store.stats()
     assert stats["answers"] == 20 and stats["votes"] == len(votes) == 500
     assert stats["upvotes"] == sum(v > 0 for *_, v in votes)
     for i in (0, 7, 19):
-        stored = {(v.user_id, v.value) for v in await store.votes(f"a{i}")}
+        stored = {(v.user_id, v.value) for v in await store.votes.on_answer(f"a{i}")}
         assert stored == {(u, v) for a, u, v in votes if a == f"a{i}"}
     assert store.batches < 520, "concurrent writes were committed in shared transactions"
 
@@ -102,63 +104,65 @@ async def test_another_connection_holding_the_lock_is_waited_for(store: Feedback
     conn.isolation_level = None
     conn.execute("BEGIN IMMEDIATE")  # another process (say, the CLI) is writing
     conn.execute("INSERT INTO threads (thread_id, answer_id, created) VALUES (1, 'a1', 0)")
-    vote = asyncio.create_task(store.record_vote("a1", 5, 1, "button"))
+    vote = asyncio.create_task(store.votes.record("a1", 5, 1, "button"))
     await asyncio.sleep(0.3)
     assert not vote.done(), "the store waits for the lock (busy_timeout) instead of failing"
     conn.execute("COMMIT")
     conn.close()
     await asyncio.wait_for(vote, 10)
-    assert [v.user_id for v in await store.votes("a1")] == [5]
-    assert (await store.thread(1)).answer_id == "a1"
+    assert [v.user_id for v in await store.votes.on_answer("a1")] == [5]
+    assert await store.db.value("SELECT answer_id FROM threads WHERE thread_id = 1") == "a1"
 
 
 async def test_a_changed_vote_replaces_the_old_one(store: FeedbackStore, tick: Tick):
     await answer(store, "a1")
-    await store.record_vote("a1", 7, 1, "reaction:👍")
+    await store.votes.record("a1", 7, 1, "reaction:👍")
     tick.now += 60
-    await store.record_vote("a1", 7, -1, "button")
-    votes = await store.votes("a1")
+    await store.votes.record("a1", 7, -1, "button")
+    votes = await store.votes.on_answer("a1")
     assert len(votes) == 1
     assert (votes[0].value, votes[0].source, votes[0].updated.timestamp()) == (-1, "button", tick.now)
 
 
 async def test_remove_vote_only_by_the_source_that_cast_it(store: FeedbackStore):
     await answer(store, "a1")
-    await store.record_vote("a1", 7, -1, "button")
-    assert not await store.remove_vote("a1", 7, source="reaction:👍")
-    assert len(await store.votes("a1")) == 1
-    assert await store.remove_vote("a1", 7, source="button")
-    assert await store.votes("a1") == []
-    assert not await store.remove_vote("a1", 7)
+    await store.votes.record("a1", 7, -1, "button")
+    assert not await store.votes.remove("a1", 7, source="reaction:👍")
+    assert len(await store.votes.on_answer("a1")) == 1
+    assert await store.votes.remove("a1", 7, source="button")
+    assert await store.votes.on_answer("a1") == []
+    assert not await store.votes.remove("a1", 7)
 
 
 async def test_invalid_votes_are_refused(store: FeedbackStore):
     with pytest.raises(UnknownAnswer):
-        await store.record_vote("not-an-answer", 1, 1, "button")
+        await store.votes.record("not-an-answer", 1, 1, "button")
     await answer(store, "a1")
     with pytest.raises(ValueError):
-        await store.record_vote("a1", 1, 0, "button")
+        await store.votes.record("a1", 1, 0, "button")
     with pytest.raises(ValueError):
-        await store.record_vote("a1", 1, 1, "")
+        await store.votes.record("a1", 1, 1, "")
     # a failed operation does not spoil the others committed with it
     results = await asyncio.gather(
-        store.record_vote("a1", 1, 1, "button"),
-        store.record_vote("missing", 2, 1, "button"),
-        store.record_vote("a1", 3, -1, "button"),
+        store.votes.record("a1", 1, 1, "button"),
+        store.votes.record("missing", 2, 1, "button"),
+        store.votes.record("a1", 3, -1, "button"),
         return_exceptions=True,
     )
     assert isinstance(results[1], UnknownAnswer) and results[0] is None and results[2] is None
-    assert {v.user_id for v in await store.votes("a1")} == {1, 3}
+    assert {v.user_id for v in await store.votes.on_answer("a1")} == {1, 3}
 
 
 async def test_answer_recorded_twice_keeps_its_votes(store: FeedbackStore):
     await answer(store, "a1")
-    await store.record_vote("a1", 2, 1, "button")
-    await store.record_answer("a1", 10, 20, 1, "ask", "edited?", "new text", ["explain"], [], latency_ms=42.0)
-    assert len(await store.votes("a1")) == 1
+    await store.votes.record("a1", 2, 1, "button")
+    await store.answers.record(
+        "a1", 10, 20, 1, "ask", "edited?", "new text", ["explain"], [], latency_ms=42.0
+    )
+    assert len(await store.votes.on_answer("a1")) == 1
     (example,) = await store.export_training_examples()
     assert example["question"] == "edited?" and example["answer"] == "new text"
-    assert await store.recent_latencies() == [42.0]
+    assert await store.answers.recent_latencies() == [42.0]
 
 
 KILL_SCRIPT = textwrap.dedent(
@@ -168,10 +172,10 @@ KILL_SCRIPT = textwrap.dedent(
 
     async def main():
         store = await FeedbackStore.open(sys.argv[1])
-        await store.record_answer("a1", 1, 2, 3, "ask", "q", "text", ["reason"], [])
+        await store.answers.record("a1", 1, 2, 3, "ask", "q", "text", ["reason"], [])
         i = 0
         while True:
-            await store.record_vote("a1", i, 1 if i % 2 else -1, "button")
+            await store.votes.record("a1", i, 1 if i % 2 else -1, "button")
             print(i, flush=True)  # acknowledged = committed
             i += 1
 
@@ -209,9 +213,9 @@ async def test_nothing_committed_is_lost_after_kill_9(tmp_path: Path):
     assert Path(str(path) + "-wal").exists(), "killed before a checkpoint: recovery replays the WAL"
     reopened = await FeedbackStore.open(path)
     try:
-        users = {v.user_id for v in await reopened.votes("a1")}
+        users = {v.user_id for v in await reopened.votes.on_answer("a1")}
         assert set(range(acknowledged + 1)) <= users, "every acknowledged vote survived"
-        assert await reopened._value("PRAGMA integrity_check") == "ok"
+        assert await reopened.db.value("PRAGMA integrity_check") == "ok"
     finally:
         await reopened.close()
 
@@ -221,24 +225,29 @@ async def test_delete_user_data_removes_exactly_that_users_data(store: FeedbackS
     await answer(store, "alice-1", alice)
     await answer(store, "alice-2", alice)
     await answer(store, "bob-1", bob)
-    await store.record_vote("alice-1", bob, 1, "button")  # bob on alice's answer: goes with the answer
-    await store.record_vote("alice-1", alice, 1, "button")
-    await store.record_vote("bob-1", alice, -1, "reaction:👎")
-    await store.record_vote("bob-1", carol, 1, "button")
-    await store.record_thread(900, "alice-2", "alice-2")
-    await store.record_thread(901, "bob-1", "bob-1")
-    assert await store.count_user_data(alice) == {"answers": 2, "votes": 2}
+    await store.votes.record("alice-1", bob, 1, "button")  # bob on alice's answer: goes with the answer
+    await store.votes.record("alice-1", alice, 1, "button")
+    await store.votes.record("bob-1", alice, -1, "reaction:👎")
+    await store.votes.record("bob-1", carol, 1, "button")
+    with raw(store.path) as conn:  # thread rows an older Hexcore wrote go with their answers
+        conn.executemany(
+            "INSERT INTO threads (thread_id, answer_id, session_id, created) VALUES (?, ?, ?, 0)",
+            [(900, "alice-2", "alice-2"), (901, "bob-1", "bob-1")],
+        )
+    assert await store.users.count(alice) == {"answers": 2, "votes": 2}
 
-    counts = await store.delete_user_data(alice)
+    counts = await store.users.delete(alice)
 
     assert counts == {"votes": 2, "answers": 2, "votes_on_answers": 1, "threads": 1}
     with raw(store.path) as conn:
         assert conn.execute("SELECT answer_id FROM answers").fetchall() == [("bob-1",)]
         assert conn.execute("SELECT answer_id, user_id FROM votes").fetchall() == [("bob-1", carol)]
         assert conn.execute("SELECT COUNT(*) FROM votes WHERE user_id = ?", (alice,)).fetchone()[0] == 0
-    assert await store.thread(900) is None and (await store.thread(901)).answer_id == "bob-1"
-    assert await store.count_user_data(alice) == {"answers": 0, "votes": 0}
-    assert await store.delete_user_data(alice) == {
+    assert [tuple(r) for r in await store.db.rows("SELECT thread_id, answer_id FROM threads")] == [
+        (901, "bob-1")
+    ]
+    assert await store.users.count(alice) == {"answers": 0, "votes": 0}
+    assert await store.users.delete(alice) == {
         "votes": 0,
         "answers": 0,
         "votes_on_answers": 0,
@@ -249,12 +258,12 @@ async def test_delete_user_data_removes_exactly_that_users_data(store: FeedbackS
 async def test_export_training_examples(store: FeedbackStore, tick: Tick):
     for name in ("good", "bad", "even", "silent"):
         await answer(store, name, question=f"{name}?")
-    await store.record_vote("good", 1, 1, "button")
-    await store.record_vote("good", 2, 1, "reaction:✅")
-    await store.record_vote("good", 3, -1, "button")
-    await store.record_vote("bad", 1, -1, "button")
-    await store.record_vote("even", 1, 1, "button")
-    await store.record_vote("even", 2, -1, "button")
+    await store.votes.record("good", 1, 1, "button")
+    await store.votes.record("good", 2, 1, "reaction:✅")
+    await store.votes.record("good", 3, -1, "button")
+    await store.votes.record("bad", 1, -1, "button")
+    await store.votes.record("even", 1, 1, "button")
+    await store.votes.record("even", 2, -1, "button")
     examples = {e["answer_id"]: e for e in await store.export_training_examples()}
     assert set(examples) == {"good", "bad"}, "unvoted and tied answers are not examples"
     good, bad = examples["good"], examples["bad"]
@@ -271,7 +280,7 @@ async def test_export_training_examples(store: FeedbackStore, tick: Tick):
     # since: only answers voted on at or after that time
     cut = tick.now + 100
     tick.now += 200
-    await store.record_vote("bad", 9, -1, "button")
+    await store.votes.record("bad", 9, -1, "button")
     assert [e["answer_id"] for e in await store.export_training_examples(since=cut)] == ["bad"]
     # the rows are what the training side reads
     examples_mod = pytest.importorskip("training.examples")
@@ -279,33 +288,23 @@ async def test_export_training_examples(store: FeedbackStore, tick: Tick):
     assert {(r.question, r.label) for r in rows} == {("good?", "positive"), ("bad?", "negative")}
 
 
-async def test_threads_survive_a_reopen(tmp_path: Path):
-    path = tmp_path / "f.sqlite3"
-    async with await FeedbackStore.open(path) as s:
-        await s.record_thread(555, "a1", "a1")
-    async with await FeedbackStore.open(path) as s:
-        record = await s.thread(555)
-        assert (record.answer_id, record.session_id) == ("a1", "a1")
-        assert await s.forget_thread(555) and await s.thread(555) is None
-
-
 async def test_retraining_runs(tmp_path: Path, tick: Tick):
     path = tmp_path / "f.sqlite3"
     async with await FeedbackStore.open(path, clock=tick) as s:
-        assert await s.last_run() is None
-        first = await s.start_run(None, "nightly", examples=12)
+        assert await s.runs.last() is None
+        first = await s.runs.start(None, "nightly", examples=12)
         tick.now += 30
-        await s.finish_run(first, "promoted", {"experts": {"reason": {"promoted": True}}})
+        await s.runs.finish(first, "promoted", {"experts": {"reason": {"promoted": True}}})
         tick.now += 30
-        await s.start_run(["teach"], "manual")  # cut off by a crash: left running
+        await s.runs.start(["teach"], "manual")  # cut off by a crash: left running
     async with await FeedbackStore.open(path, clock=tick) as s:
-        last = await s.last_run()
+        last = await s.runs.last()
         assert last.status == "interrupted" and last.experts == ["teach"] and last.trigger == "manual"
-        done = await s.last_run(finished=True)
+        done = await s.runs.last(finished=True)
         assert done.id == first and done.status == "promoted" and done.examples == 12
         assert done.validation == {"experts": {"reason": {"promoted": True}}}
         assert done.finished.timestamp() - done.started.timestamp() == 30
-        assert [r.status for r in await s.runs()] == ["promoted", "interrupted"]
+        assert [r.status for r in await s.runs.recent()] == ["promoted", "interrupted"]
 
 
 async def test_newer_schema_is_refused(tmp_path: Path):
@@ -318,16 +317,16 @@ async def test_newer_schema_is_refused(tmp_path: Path):
 
 async def test_close_finishes_queued_writes_then_refuses(store: FeedbackStore):
     await answer(store, "a1")
-    pending = [asyncio.create_task(store.record_vote("a1", u, 1, "button")) for u in range(50)]
+    pending = [asyncio.create_task(store.votes.record("a1", u, 1, "button")) for u in range(50)]
     await asyncio.sleep(0)
     await store.close()
     await asyncio.gather(*pending)
     with raw(store.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM votes").fetchone()[0] == 50
     with pytest.raises(StoreError, match="closed"):
-        await store.record_vote("a1", 99, 1, "button")
+        await store.votes.record("a1", 99, 1, "button")
     with pytest.raises(StoreError, match="closed"):
-        await store.votes("a1")
+        await store.votes.on_answer("a1")
 
 
 async def test_open_store_path_from_settings(tmp_path: Path, settings: Settings):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 
 from bot import views
-from bot.cogs.threads import INTRO
+from bot.answering import INTRO
 
 QUESTION = "How does trample work when the blocker dies?"
 
@@ -67,7 +67,7 @@ async def test_deleting_the_thread_ends_the_session(harness, engine):
     _, _, thread = await open_thread(harness)
     await harness.delete_thread(thread.id)
     assert engine.ended_sessions == [str(thread.id)]
-    assert harness.bot.get_cog("Threads").sessions == {}
+    assert harness.bot.answers.sessions == {}
 
 
 async def test_second_click_points_to_the_existing_thread(harness):
