@@ -34,14 +34,13 @@ class _FusedTokens:
         eos: Collection[int],
         stop_on_repeat: int,
     ) -> None:
-        from engine.generation import IncrementalDetokenizer
+        from engine.generation import IncrementalDetokenizer, RepetitionStop
 
         self.prepared = prepared
         self.tokenizer = tokenizer
         self.detok = IncrementalDetokenizer(tokenizer)
         self.eos = eos
-        self.n = stop_on_repeat
-        self.seen: set[tuple[int, ...]] = set()
+        self.loop = RepetitionStop(stop_on_repeat)  # the same loop stop as the batched path
         self.marks: list[float] = []
         self.ended = self.looped = False
 
@@ -54,13 +53,9 @@ class _FusedTokens:
         delta = self.detok.push(token)
         if delta:
             self.prepared.stream.feed(delta)
-        ids = self.detok.ids
-        if self.n and len(ids) >= self.n:  # the same loop stop as the batched path (GenJob.stop_on_repeat)
-            gram = tuple(ids[-self.n :])
-            if gram in self.seen:
-                self.looped = True
-                return False
-            self.seen.add(gram)
+        if self.loop.repeats(self.detok.ids):
+            self.looped = True
+            return False
         return not self.prepared.item.cancelled
 
     def generated(self, started: float, names: list[str]) -> Generated:
@@ -76,7 +71,7 @@ class _FusedTokens:
         shown = None
         if self.looped:
             reason = "repetition"
-            shown = cut_repeated_tail(detok.text, decode_text(self.tokenizer, detok.ids[-self.n :]))
+            shown = cut_repeated_tail(detok.text, decode_text(self.tokenizer, detok.ids[-self.loop.n :]))
         return Generated(
             detok.text,
             reason,

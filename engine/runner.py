@@ -173,6 +173,7 @@ class BatchRunner:
         """One mixed-adapter generator batch. With ``admit``, newly queued one-expert requests join it between
         decode steps (each holding its adapter until the batch ends); several-expert ones go to ``fused``."""
         generator = self.generator
+        generation = self.registry.model_generation  # the generator follows the registry's model
         later: list[Prepared] = []
         with contextlib.ExitStack() as adapters_held:
 
@@ -194,7 +195,7 @@ class BatchRunner:
                 fused.extend(p for p in prepared if len(p.turn.adapters) > 1)
                 singles = [p for p in prepared if len(p.turn.adapters) == 1]
                 if (
-                    generator.model is not self.registry.model
+                    self.registry.model_generation != generation
                 ):  # a first adapter wrapped the model: next batch
                     later.extend(singles)
                     return []
