@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from cachetools import TTLCache
 
 from engine.errors import InvalidRequest
 from knowledge.models import Citation, Passage
@@ -50,32 +51,25 @@ class Calculated:
 
 
 class ScenarioMemory:
-    """The last calculator scenario of each conversation: LRU-capped, expiring (thread-safe)."""
+    """The last calculator scenario of each conversation: LRU-capped, expiring ``ttl_s`` after it was kept
+    (thread-safe)."""
 
     def __init__(self, capacity: int = MAX_SCENARIOS, ttl_s: float = SCENARIO_TTL_S) -> None:
         self.capacity, self.ttl_s = capacity, ttl_s
-        self._items: OrderedDict[str, tuple[float, Scenario]] = OrderedDict()
+        self._items: TTLCache[str, Scenario] = TTLCache(capacity, ttl_s, timer=time.monotonic)
         self._lock = threading.Lock()
 
     def get(self, session_id: str | None) -> Scenario | None:
         if session_id is None:
             return None
         with self._lock:
-            item = self._items.get(session_id)
-            if item is None or time.monotonic() - item[0] > self.ttl_s:
-                self._items.pop(session_id, None)
-                return None
-            self._items.move_to_end(session_id)
-            return item[1]
+            return self._items.get(session_id)
 
     def put(self, session_id: str | None, scenario: Scenario) -> None:
         if session_id is None:
             return
         with self._lock:
-            self._items[session_id] = (time.monotonic(), scenario)
-            self._items.move_to_end(session_id)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            self._items[session_id] = scenario
 
     def end(self, session_id: str) -> None:
         with self._lock:

@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from engine.api import Answer, AnswerRequest, EngineStatus, Event
 from engine.backends import create_backend
 from engine.conversations import ConversationStore
@@ -170,8 +172,7 @@ class LocalEngine:
     def status(self) -> EngineStatus:
         worker = self._worker.status()
         runner = self._runner
-        latencies = sorted(self._latencies)
-        p95 = latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))] if latencies else None
+        p95 = float(np.percentile(self._latencies, 95, method="higher")) if self._latencies else None
         return EngineStatus(
             alive=worker.alive,
             queue_depth=worker.queue_depth,

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.api import Answer, AnswerRequest, Expert
 from engine.calculator import Calculated, ScenarioMemory, calculate
@@ -43,10 +43,13 @@ from engine.support import check_support
 from knowledge.models import RetrievalResult
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
     from engine.router import Router
     from knowledge.base import KnowledgeBase
     from knowledge.context import AssembledContext
     from knowledge.lead import Lead, LeadSelector
+    from knowledge.models import Passage
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ class Turn:
         return "\n".join(filter(None, [self.calculated.verdict, self.calculated.steps_text]))
 
     @property
-    def passages(self) -> list[Any]:
+    def passages(self) -> list[Passage]:
         return self.context.passages
 
 
@@ -162,7 +165,7 @@ class AnswerPipeline:
         self,
         knowledge: KnowledgeBase,
         router: Router | None,
-        tokenizer: Any,
+        tokenizer: PreTrainedTokenizerBase,
         *,
         context_tokens: int,
         retrieve_k: int = RETRIEVE_K,

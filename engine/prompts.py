@@ -23,9 +23,14 @@ user + assistant answer + end marker), so an adapter trains on the serving distr
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from engine.api import Expert
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from knowledge.models import Passage
 
 Message = dict[str, str]
 
@@ -100,7 +105,7 @@ ANSWER_OPENING = "Rule {number} says that"
 RULING_OPENING = "The ruling on {card} says that"
 
 
-def answer_opening(passage: Any) -> str:
+def answer_opening(passage: Passage) -> str:
     """The opening the model continues from: it names the passage that decides the question."""
     citation = passage.citation
     if citation.kind == "rule":
@@ -138,14 +143,14 @@ def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = Tru
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> str:
+def render_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> str:
     """The prompt text through the tokenizer's own chat template (ChatML when it has none)."""
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     return render_chatml(messages)
 
 
-def encode_messages(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+def encode_messages(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
     """Token ids of the prompt, ending with the assistant header the model continues from."""
     # The template already writes every special token, so the tokenizer must not add a BOS of its own.
     return list(tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
