@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from knowledge.context import AssembledContext
     from knowledge.embedding_cache import CachingEmbedder
     from knowledge.graph import KnowledgeGraph
-    from knowledge.retrieval import HybridRetriever, KnowledgeIndex, SearchOutcome
+    from knowledge.index_build import KnowledgeIndex
+    from knowledge.retrieval import HybridRetriever, SearchOutcome
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ class KnowledgeBase:
 
     @property
     def vectors_dir(self) -> Path:
-        from knowledge.retrieval import vector_index_dir
+        from knowledge.index_build import vector_index_dir
 
         return vector_index_dir(self.settings)
 
@@ -284,7 +285,7 @@ class KnowledgeBase:
 
     def _load_index(self, force: bool = False, reuse_embeddings: bool = True) -> KnowledgeIndex:
         from knowledge.embedding_cache import CachingEmbedder
-        from knowledge.retrieval import load_or_build
+        from knowledge.index_build import load_or_build_knowledge_index
         from knowledge.retriever_models import retrieval_embedder
 
         # The promoted trained embedder when there is one (else MiniLM): the manifest records which.
@@ -294,7 +295,7 @@ class KnowledgeBase:
             self.events.append("index: loaded")
             return index
         caching = CachingEmbedder(embedder, self.index_dir / EMBEDDINGS_DIR) if reuse_embeddings else None
-        index = load_or_build(
+        index = load_or_build_knowledge_index(
             self.settings,
             doc=self.doc,
             cards=self.card_list,
@@ -314,8 +315,8 @@ class KnowledgeBase:
 
     def _load_saved_index(self, embedder: Any) -> KnowledgeIndex:
         """The saved index, only if it matches this release, model and passages (``build_if_missing=False``)."""
+        from knowledge.index_build import KnowledgeIndex
         from knowledge.passages import build_passages, index_texts, passages_digest
-        from knowledge.retrieval import KnowledgeIndex
         from knowledge.vector_index import VectorIndex
 
         start = time.perf_counter()
@@ -332,7 +333,7 @@ class KnowledgeBase:
         return KnowledgeIndex(self.doc, passages, texts, vectors, False, _since(start))
 
     def _make_retriever(self) -> HybridRetriever:
-        from knowledge.retrieval import make_retriever
+        from knowledge.index_build import make_retriever
         from knowledge.retriever_models import retrieval_embedder
 
         index, graph, cards = self.index, self.graph, self.cards  # each loaded and timed on its own

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from training.paths import new_run_dir
+
+if TYPE_CHECKING:
+    from hexcore.settings import Settings
 
 
 def distributed() -> Any:
@@ -32,10 +37,8 @@ def wait_for_everyone() -> None:
         state.wait_for_everyone()
 
 
-def shared_run_dir(settings: Any, expert: str) -> Path:
+def shared_run_dir(settings: Settings, expert: str) -> Path:
     """A new run directory, the same one in every process (the main process names it)."""
-    from training.pipeline import new_run_dir
-
     state = distributed()
     if state is None:
         return new_run_dir(settings, expert)

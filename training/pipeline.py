@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,17 +36,12 @@ from training.datasets import (
 from training.distributed import is_main_process, shared_run_dir, wait_for_everyone
 from training.errors import CheckpointError, TrainingError
 from training.examples import read_examples
+from training.paths import training_dir
 
 log = logging.getLogger(__name__)
 
-TRAINING_DIR = "training"
-RUNS_DIR = "runs"
 SEEN_FILE = "seen.json"
 CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
-
-
-def training_dir(settings: Any) -> Path:
-    return settings.paths.state_dir / TRAINING_DIR
 
 
 def load_training_config(settings: Any, path: Path | str | None = None) -> TrainConfig:
@@ -105,11 +99,6 @@ class RetrainReport:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def new_run_dir(settings: Any, expert: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return training_dir(settings) / RUNS_DIR / f"{expert}-{stamp}-{uuid.uuid4().hex[:4]}"
 
 
 def _load_run(run_dir: Path) -> tuple[str, TrainConfig, ExpertDataset]:
