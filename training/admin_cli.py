@@ -171,8 +171,8 @@ def compare_adapters(expert: str, a: str, b: str, as_json: bool) -> None:
     """A/B two versions (or adapter dirs, or 'base') on EXPERT's held-out examples."""
     from engine.adapter_store import AdapterStore
     from engine.model_loader import load_base_model
+    from training.config import load_training_config
     from training.datasets import build_expert_dataset
-    from training.pipeline import load_training_config
     from training.validation import compare
 
     settings = load_settings()

@@ -157,7 +157,8 @@ def validate_command(adapter_dir: Path, expert: str | None, config_file: Path | 
     """Held-out perplexity of ADAPTER_DIR vs the base model and the serving adapter (promotes nothing)."""
     from engine.adapter_store import AdapterStore
     from engine.model_loader import load_base_model
-    from training.pipeline import held_out_for, load_training_config
+    from training.config import load_training_config
+    from training.pipeline import held_out_for
     from training.validation import validate_adapter
 
     settings = load_settings()
@@ -209,7 +210,8 @@ def _train(
     if router:
         _train_router(settings, as_json)
         return
-    from training.pipeline import load_training_config, retrain_fusion, train_expert
+    from training.config import load_training_config
+    from training.pipeline import retrain_fusion, train_expert
 
     overrides = {"max_steps": max_steps, "epochs": epochs}
     if resume is not None:
