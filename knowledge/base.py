@@ -31,13 +31,17 @@ from knowledge.models import Card, Passage, RetrievalResult, Rule, RulesDocument
 from knowledge.rules import RuleBook, list_releases, load_release
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hexcore.settings import Settings
     from knowledge.card_names import CardDatabase
     from knowledge.context import AssembledContext
     from knowledge.embedding_cache import CachingEmbedder
+    from knowledge.embeddings import Embedder
     from knowledge.graph import KnowledgeGraph
     from knowledge.index_build import KnowledgeIndex
     from knowledge.retrieval import HybridRetriever, SearchOutcome
+    from knowledge.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +317,7 @@ class KnowledgeBase:
             self.embedded = len(index.passages)
         return index
 
-    def _load_saved_index(self, embedder: Any) -> KnowledgeIndex:
+    def _load_saved_index(self, embedder: Embedder) -> KnowledgeIndex:
         """The saved index, only if it matches this release, model and passages (``build_if_missing=False``)."""
         from knowledge.index_build import KnowledgeIndex
         from knowledge.passages import build_passages, index_texts, passages_digest
@@ -455,7 +459,7 @@ def _prime(caching: CachingEmbedder, index: KnowledgeIndex) -> None:
     caching.prime([text_of[p.key] for p in passages], vectors)
 
 
-def _stored_vectors(vectors: Any) -> tuple[list[Passage], Any]:
+def _stored_vectors(vectors: VectorIndex) -> tuple[list[Passage], np.ndarray]:
     """(passages, their vectors) as the FAISS index holds them.
 
     Reads the index's current snapshot (never modified once published, see knowledge.vector_index), because

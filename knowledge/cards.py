@@ -15,6 +15,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ijson
@@ -59,7 +60,7 @@ def iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[Any]:
         yield from itertools.islice(_array_items(path, chunk_size, ijson.get_backend("python")), done, None)
 
 
-def _array_items(path: Path, chunk_size: int, backend: Any) -> Iterator[Any]:
+def _array_items(path: Path, chunk_size: int, backend: ModuleType) -> Iterator[Any]:
     with open(path, "rb") as handle:
         if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
             handle.seek(0)

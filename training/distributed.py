@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from training.paths import new_run_dir
 
 if TYPE_CHECKING:
+    from accelerate import PartialState
+
     from hexcore.settings import Settings
 
 
-def distributed() -> Any:
+def distributed() -> PartialState | None:
     """accelerate's process state when launched on several processes, else None (no import cost then)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
