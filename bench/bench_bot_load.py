@@ -31,6 +31,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -72,10 +74,7 @@ class LoadEngine(FakeEngine):
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+    return float(np.percentile(values, q, method="nearest")) if values else float("nan")
 
 
 async def loop_lag(samples: list[float], stop: asyncio.Event, interval: float = 0.01) -> None:
@@ -93,6 +92,59 @@ def classify(rec: InteractionRecord) -> str:
     if "busy" in rec.ephemeral_text():
         return "busy"
     return "other"
+
+
+@dataclass
+class Measured:
+    """What one load run observed; :func:`report` turns it into lines and pass/fail checks."""
+
+    recs: list[InteractionRecord]
+    escaped: list[BaseException]
+    answer_wall: float
+    vote_wall: float = 0.0
+    lag: list[float] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    batches: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kinds = [classify(r) for r in self.recs]
+        self.acks = [r.replies[0].elapsed_s for r in self.recs if r.acknowledged and r.replies]
+        self.answered = [r for r, k in zip(self.recs, self.kinds, strict=True) if k == "answered"]
+        self.finals = [r.replies[-1].elapsed_s for r in self.answered]
+
+
+async def ask_all(h: DiscordHarness, args: argparse.Namespace) -> Measured:
+    """Every member asks once, at its arrival time; waits for all the answers."""
+    t0 = time.perf_counter()
+    arrival_rng = random.Random(args.seed + 1)
+    arrivals = sorted(arrival_rng.uniform(0, args.spread) for _ in range(args.interactions))
+
+    async def ask(i: int) -> InteractionRecord:
+        await asyncio.sleep(arrivals[i])
+        rec = await h.slash("ask", question=f"How does trample work? #{i}", user=i, wait=False)
+        return await rec.wait(120)
+
+    results = await asyncio.gather(*(ask(i) for i in range(args.interactions)), return_exceptions=True)
+    answer_wall = time.perf_counter() - t0
+    await h.settle(60)  # answers are stored by background tasks
+    escaped = [r for r in results if isinstance(r, BaseException)]
+    return Measured([r for r in results if isinstance(r, InteractionRecord)], escaped, answer_wall)
+
+
+async def vote_all(h: DiscordHarness, answered: list[InteractionRecord]) -> tuple[list[BaseException], float]:
+    """One vote per answer: half by button, half by reaction, all at once, each by another member."""
+    t1 = time.perf_counter()
+    votes = []
+    for i, rec in enumerate(answered):
+        message = rec.public_messages()[0]
+        voter = (rec_user_index(h, rec) + 1) % len(h.members)
+        if i % 2:
+            votes.append(click(h, message, voter))
+        else:
+            votes.append(h.react(message, "👎", user=voter))
+    vote_results = await asyncio.gather(*votes, return_exceptions=True)
+    return [r for r in vote_results if isinstance(r, BaseException)], time.perf_counter() - t1
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -117,41 +169,11 @@ async def run(args: argparse.Namespace) -> int:
     lag: list[float] = []
     stop = asyncio.Event()
     lag_task = asyncio.create_task(loop_lag(lag, stop))
-    n = args.interactions
     try:
-        t0 = time.perf_counter()
-        arrival_rng = random.Random(args.seed + 1)
-        arrivals = sorted(arrival_rng.uniform(0, args.spread) for _ in range(n))
-
-        async def ask(i: int) -> InteractionRecord:
-            await asyncio.sleep(arrivals[i])
-            rec = await h.slash("ask", question=f"How does trample work? #{i}", user=i, wait=False)
-            return await rec.wait(120)
-
-        results = await asyncio.gather(*(ask(i) for i in range(n)), return_exceptions=True)
-        answer_wall = time.perf_counter() - t0
-        await h.settle(60)  # answers are stored by background tasks
-        escaped = [r for r in results if isinstance(r, BaseException)]
-        recs = [r for r in results if isinstance(r, InteractionRecord)]
-        kinds = [classify(r) for r in recs]
-        acks = [r.replies[0].elapsed_s for r in recs if r.acknowledged and r.replies]
-        finals = [r.replies[-1].elapsed_s for r, k in zip(recs, kinds, strict=True) if k == "answered"]
-        answered = [r for r, k in zip(recs, kinds, strict=True) if k == "answered"]
-
-        # one vote per answer: half by button, half by reaction, all at once, each by another member
-        t1 = time.perf_counter()
-        votes = []
-        for i, rec in enumerate(answered):
-            message = rec.public_messages()[0]
-            voter = (rec_user_index(h, rec) + 1) % (n + 1)
-            if i % 2:
-                votes.append(click(h, message, voter))
-            else:
-                votes.append(h.react(message, "👎", user=voter))
-        vote_results = await asyncio.gather(*votes, return_exceptions=True)
-        vote_wall = time.perf_counter() - t1
-        escaped += [r for r in vote_results if isinstance(r, BaseException)]
-        stats = await store.stats()
+        measured = await ask_all(h, args)
+        vote_errors, measured.vote_wall = await vote_all(h, measured.answered)
+        measured.escaped += vote_errors
+        measured.stats = await store.stats()
     finally:
         stop.set()
         await lag_task
@@ -159,15 +181,21 @@ async def run(args: argparse.Namespace) -> int:
         batches = store.batches
         await store.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+    measured.lag, measured.batches, measured.errors = lag, batches, h.errors.messages()
+    return report(args, measured, engine)
 
+
+def report(args: argparse.Namespace, m: Measured, engine: LoadEngine) -> int:
+    """Print the run's figures and checks; 0 when every check passed, else 1."""
+    n, kinds, acks, finals, lag, stats = args.interactions, m.kinds, m.acks, m.finals, m.lag, m.stats
     late = [a for a in acks if a > limits.ACK_DEADLINE_S]
     checks = {
         "every interaction acknowledged": len(acks) == n,
         "acknowledged within 3 s": not late,
-        "answered or told busy": kinds.count("other") == 0 and len(recs) == n,
-        "no exception escaped": not escaped and not h.errors.records,
-        "every answer stored": stats["answers"] == len(answered),
-        "no feedback row lost": stats["votes"] == len(answered),
+        "answered or told busy": kinds.count("other") == 0 and len(m.recs) == n,
+        "no exception escaped": not m.escaped and not m.errors,
+        "every answer stored": stats["answers"] == len(m.answered),
+        "no feedback row lost": stats["votes"] == len(m.answered),
     }
     arrival = "at once" if not args.spread else f"over {args.spread} s"
     print(
@@ -176,10 +204,9 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"answered / busy / other {kinds.count('answered')} / {kinds.count('busy')} / {kinds.count('other')}"
     )
-    print(f"  busy before defer     {sum(1 for r in recs if classify(r) == 'busy' and not r.deferred)}")
-    print(
-        f"  busy after defer      {sum(1 for r in recs if classify(r) == 'busy' and r.deferred)} (engine refused {engine.refused})"
-    )
+    busy = [r for r, k in zip(m.recs, kinds, strict=True) if k == "busy"]
+    print(f"  busy before defer     {sum(1 for r in busy if not r.deferred)}")
+    print(f"  busy after defer      {sum(1 for r in busy if r.deferred)} (engine refused {engine.refused})")
     print(f"engine peak in flight   {engine.peak}")
     print(
         f"ack latency  p50/p95/max {pct(acks, 50) * 1000:.0f} / {pct(acks, 95) * 1000:.0f} / {max(acks, default=0) * 1000:.0f} ms"
@@ -187,19 +214,19 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"answer time  p50/p95/max {pct(finals, 50):.2f} / {pct(finals, 95):.2f} / {max(finals, default=0):.2f} s"
     )
-    print(f"answer phase wall       {answer_wall:.2f} s")
+    print(f"answer phase wall       {m.answer_wall:.2f} s")
     print(f"event-loop lag p95/max  {pct(lag, 95) * 1000:.1f} / {max(lag, default=0) * 1000:.1f} ms")
     print(
-        f"votes                   {len(answered)} sent in {vote_wall:.2f} s; rows: answers {stats['answers']}, votes {stats['votes']}"
+        f"votes                   {len(m.answered)} sent in {m.vote_wall:.2f} s; rows: answers {stats['answers']}, votes {stats['votes']}"
     )
-    print(f"store commits           {batches} transactions")
-    print(f"errors logged           {len(h.errors.records)}; exceptions escaped {len(escaped)}")
+    print(f"store commits           {m.batches} transactions")
+    print(f"errors logged           {len(m.errors)}; exceptions escaped {len(m.escaped)}")
     for name, ok in checks.items():
         print(f"[{'ok' if ok else 'FAIL'}] {name}")
-    if escaped:
-        print("first exception:", repr(escaped[0]))
-    if h.errors.records:
-        print("first error:", h.errors.messages()[0])
+    if m.escaped:
+        print("first exception:", repr(m.escaped[0]))
+    if m.errors:
+        print("first error:", m.errors[0])
     print(f"mean ack {statistics.fmean(acks) * 1000:.0f} ms" if acks else "no acks")
     return 0 if all(checks.values()) else 1
 

@@ -11,6 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from knowledge.card_names import CardDatabase
@@ -22,8 +23,7 @@ CARDS = ROOT.parent / "shared" / "data" / "cards"
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return float(np.percentile(values, 100 * q, method="nearest"))
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from engine.api import Expert  # noqa: E402
 from engine.generation import Generator, GenJob, GenStats  # noqa: E402
-from engine.model_loader import embedded_gguf_path, load_base_model  # noqa: E402
+from engine.model_loader import LoadedModel, embedded_gguf_path, load_base_model  # noqa: E402
 from engine.prompts import build_messages  # noqa: E402
 from hexcore.settings import EngineSettings  # noqa: E402
 
@@ -194,7 +194,7 @@ def quantized_model(args: argparse.Namespace) -> object:
     return load_base_model(settings)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -213,8 +213,66 @@ def main() -> None:
         help="also measure the Generator on the int4-quantized model, the CPU default (and use it for the "
         "throughput part); none: the dense model only",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def single_stream(
+    args: argparse.Namespace, generator: Generator, loaded: LoadedModel, quantized_loaded: LoadedModel | None
+) -> None:
+    """One greedy stream: Generator (dense and quantized), transformers' generate() and llama.cpp."""
+    question, context = QUESTIONS[0]
+    ids = generator.encode(build_messages(Expert.EXPLAIN, question, context))
+    print(f"single stream: {args.new_tokens} greedy tokens after a {len(ids)}-token prompt, {args.dtype}")
+    generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
+    ours = bench_generator(generator, ids, args.new_tokens, args.repeats)
+    print(f"  Generator ({args.dtype}):      {median_rate(ours)}")
+    reference = bench_transformers(loaded.model, ids, args.new_tokens, args.repeats)
+    print(f"  transformers generate(): {median_rate(reference)}")
+    quantized = None
+    if args.quantization:
+        quantized_generator = Generator(quantized_loaded, max_batch_size=args.batch_size)
+        quantized_generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
+        quantized = bench_generator(quantized_generator, ids, args.new_tokens, args.repeats)
+        print(f"  Generator {args.quantization}:          {median_rate(quantized)}")
+    llama = bench_llama_cpp(ids, args.new_tokens, args.threads, args.repeats)
+    if llama is not None:
+        print(f"  llama.cpp (Q4_1 GGUF):   {median_rate(llama)}")
+        print(
+            f"  Generator / llama.cpp: {statistics.median(ours) / statistics.median(llama):.2f}x (target >= 0.5x)"
+        )
+        if quantized is not None:
+            print(
+                f"  Generator {args.quantization} / llama.cpp: "
+                f"{statistics.median(quantized) / statistics.median(llama):.2f}x (target >= 0.5x)"
+            )
+    print(f"  Generator / transformers: {statistics.median(ours) / statistics.median(reference):.2f}x")
+    if quantized is not None:
+        print(
+            f"  Generator {args.quantization} / Generator: "
+            f"{statistics.median(quantized) / statistics.median(ours):.2f}x"
+        )
+    print(f"  load average after the single-stream runs: {os.getloadavg()[0]:.1f}")
+
+
+def batched_throughput(args: argparse.Namespace, loaded: LoadedModel) -> None:
+    """Many jobs over every expert's adapter (and none), batched by the Generator."""
+    experts = [e.value for e in Expert]
+    add_adapters(loaded, experts)
+    generator = Generator(loaded, max_batch_size=args.batch_size)
+    adapters: list[str | None] = [*experts, None]
+    prompts = []
+    for i in range(args.jobs):
+        question, context = QUESTIONS[i % len(QUESTIONS)]
+        adapter = adapters[i % len(adapters)]
+        ids = generator.encode(build_messages(adapter or Expert.EXPLAIN, question, context))
+        prompts.append((ids, adapter))
+    generator.generate(prompts[0][0], adapter_name=prompts[0][1], max_new_tokens=4)  # warm-up
+    print(f"throughput: batch size {args.batch_size}, {args.dtype}, quantization {args.quantization}")
+    throughput(generator, prompts, args.new_tokens)
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     if args.quantization == "none":
         args.quantization = None
@@ -226,57 +284,10 @@ def main() -> None:
         f"machine: {platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, threads {args.threads}; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
-
     if not args.skip_single:
-        question, context = QUESTIONS[0]
-        ids = generator.encode(build_messages(Expert.EXPLAIN, question, context))
-        print(f"single stream: {args.new_tokens} greedy tokens after a {len(ids)}-token prompt, {args.dtype}")
-        generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
-        ours = bench_generator(generator, ids, args.new_tokens, args.repeats)
-        print(f"  Generator ({args.dtype}):      {median_rate(ours)}")
-        reference = bench_transformers(loaded.model, ids, args.new_tokens, args.repeats)
-        print(f"  transformers generate(): {median_rate(reference)}")
-        quantized = None
-        if args.quantization:
-            quantized_generator = Generator(quantized_loaded, max_batch_size=args.batch_size)
-            quantized_generator.generate(ids, max_new_tokens=8, eos_token_ids=[])  # warm-up
-            quantized = bench_generator(quantized_generator, ids, args.new_tokens, args.repeats)
-            print(f"  Generator {args.quantization}:          {median_rate(quantized)}")
-        llama = bench_llama_cpp(ids, args.new_tokens, args.threads, args.repeats)
-        if llama is not None:
-            print(f"  llama.cpp (Q4_1 GGUF):   {median_rate(llama)}")
-            print(
-                f"  Generator / llama.cpp: {statistics.median(ours) / statistics.median(llama):.2f}x (target >= 0.5x)"
-            )
-            if quantized is not None:
-                print(
-                    f"  Generator {args.quantization} / llama.cpp: "
-                    f"{statistics.median(quantized) / statistics.median(llama):.2f}x (target >= 0.5x)"
-                )
-        print(f"  Generator / transformers: {statistics.median(ours) / statistics.median(reference):.2f}x")
-        if quantized is not None:
-            print(
-                f"  Generator {args.quantization} / Generator: "
-                f"{statistics.median(quantized) / statistics.median(ours):.2f}x"
-            )
-        print(f"  load average after the single-stream runs: {os.getloadavg()[0]:.1f}")
-
+        single_stream(args, generator, loaded, quantized_loaded)
     if not args.skip_throughput:
-        if quantized_loaded is not None:
-            loaded = quantized_loaded
-        experts = [e.value for e in Expert]
-        add_adapters(loaded, experts)
-        generator = Generator(loaded, max_batch_size=args.batch_size)
-        adapters: list[str | None] = [*experts, None]
-        prompts = []
-        for i in range(args.jobs):
-            question, context = QUESTIONS[i % len(QUESTIONS)]
-            adapter = adapters[i % len(adapters)]
-            ids = generator.encode(build_messages(adapter or Expert.EXPLAIN, question, context))
-            prompts.append((ids, adapter))
-        generator.generate(prompts[0][0], adapter_name=prompts[0][1], max_new_tokens=4)  # warm-up
-        print(f"throughput: batch size {args.batch_size}, {args.dtype}, quantization {args.quantization}")
-        throughput(generator, prompts, args.new_tokens)
+        batched_throughput(args, quantized_loaded if quantized_loaded is not None else loaded)
 
 
 if __name__ == "__main__":

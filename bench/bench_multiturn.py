@@ -66,7 +66,7 @@ def build_history(generator: Generator, rules_file: Path, target_tokens: int) ->
     return history
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -95,7 +95,11 @@ def main() -> None:
         default=Path(__file__).resolve().parent.parent / "docs" / "img",
         help="write the time-to-first-token chart (PNG) here",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
 
     torch.set_num_threads(args.threads)
     loaded = load_base_model(

@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -152,7 +153,7 @@ def budgeted_latency(retriever: HybridRetriever, queries: list[str], rerank: boo
     return {**pct(totals), "degraded": round(degraded / len(queries), 3)}
 
 
-def main() -> None:  # noqa: PLR0915 - one linear script
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -166,77 +167,69 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--latency-only", action="store_true", help="only the production latency paths")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plots", type=Path, default=Path(__file__).resolve().parent.parent / "docs" / "img")
-    args = parser.parse_args()
-    import torch
+    return parser.parse_args()
 
-    torch.set_num_threads(2)
-    settings = KnowledgeSettings()
-    out: dict = {"machine": machine(), "release": args.release, "command": " ".join(["python", *sys.argv])}
-    doc = load_release(args.data_dir / "rules", args.release)
-    cards = load_card_dir(args.data_dir / "cards")
-    card_db = CardDatabase(cards, load_nicknames(args.data_dir / "cards" / NICKNAMES_FILE))
-    graph, book = KnowledgeGraph.build(doc, cards), RuleBook(doc)
-    passages = build_passages(doc, cards)
-    texts = index_texts(passages, doc)
-    store = RetrieverStore(args.state_dir / "retrievers")
-    embedder_dir = args.embedder or store.serving_dir("embedder")
-    reranker_dir = args.reranker or store.serving_dir("reranker")
-    out["models"] = {"embedder": str(embedder_dir), "reranker": str(reranker_dir)}
-    cache_dir = args.state_dir / "index" / "embeddings"
-    base = get_embedder()
-    base_vectors, out["index_base"] = vectors_for(base, passages, texts, doc.effective_date, cache_dir)
-    trained = Embedder(str(embedder_dir)) if embedder_dir else None
-    trained_vectors = None
-    if trained is not None:
-        trained_vectors, out["index_trained"] = vectors_for(
-            trained, passages, texts, doc.effective_date, cache_dir
-        )
-    reranker = load_reranker(
-        reranker_dir, settings.rerank_depth, settings.rerank_budget_ms, settings.rerank_prior
-    )
 
-    def hybrid(embedder, vectors, understanding=True, rr=None, budget=float("inf"), deep_budget=float("inf")):
+@dataclass
+class Parts:
+    """What every configuration searches: one release's passages, graph, cards and rule book."""
+
+    passages: list
+    texts: list[str]
+    graph: KnowledgeGraph
+    card_db: CardDatabase
+    book: RuleBook
+
+    def hybrid(
+        self, embedder, vectors, understanding=True, rr=None, budget=float("inf"), deep_budget=float("inf")
+    ):
         if rr is not None:
             rr.budget_ms = deep_budget
         return HybridRetriever(
-            passages,
+            self.passages,
             vectors,
             embedder,
-            graph=graph,
-            card_db=card_db,
-            rulebook=book,
+            graph=self.graph,
+            card_db=self.card_db,
+            rulebook=self.book,
             cache=TTLCache(0, 1.0),
             tracker=LatencyTracker(budget_ms=budget, window=100_000),
             budget_ms=budget,
-            texts=texts,
+            texts=self.texts,
             reranker=rr,
             understanding=understanding,
             deep_budget_ms=deep_budget,
         )
 
-    # name -> (retriever, rerank flag: True = the answer path's deep second stage)
+
+def build_configs(parts: Parts, base: tuple, trained: tuple | None, reranker, ablations: bool) -> dict:
+    """name -> (retriever, rerank flag: True = the answer path's deep second stage)."""
+    hybrid = parts.hybrid
     configs = {
-        "bm25": (BM25Retriever(passages, texts), None),
-        "hybrid (before)": (hybrid(base, base_vectors, understanding=False), False),
-        "+ question understanding": (hybrid(base, base_vectors), False),
-        "+ second stage (per-clause search)": (hybrid(base, base_vectors), True),
+        "bm25": (BM25Retriever(parts.passages, parts.texts), None),
+        "hybrid (before)": (hybrid(*base, understanding=False), False),
+        "+ question understanding": (hybrid(*base), False),
+        "+ second stage (per-clause search)": (hybrid(*base), True),
     }
     if trained is not None:
-        configs["+ trained embedder, first stage"] = (hybrid(trained, trained_vectors), False)
-        configs["+ trained embedder, second stage"] = (hybrid(trained, trained_vectors), True)
-    best = (trained, trained_vectors) if trained is not None else (base, base_vectors)
+        configs["+ trained embedder, first stage"] = (hybrid(*trained), False)
+        configs["+ trained embedder, second stage"] = (hybrid(*trained), True)
     if reranker is not None:
-        configs["+ cross-encoder (off by default)"] = (hybrid(*best, rr=reranker), True)
-    if args.ablations and trained is not None:
-        configs["hybrid (before) + trained embedder"] = (hybrid(trained, trained_vectors, False), False)
-    out["configs"] = {}
-    for name, (retriever, rerank) in configs.items() if not args.latency_only else ():
+        configs["+ cross-encoder (off by default)"] = (hybrid(*(trained or base), rr=reranker), True)
+    if ablations and trained is not None:
+        configs["hybrid (before) + trained embedder"] = (hybrid(*trained, False), False)
+    return configs
+
+
+def recall_of_configs(configs: dict, qa_dir: Path) -> dict:
+    results = {}
+    for name, (retriever, rerank) in configs.items():
         timed = Timed(retriever, rerank)
         started = time.perf_counter()
-        block = recall_block(timed, args.data_dir / "qa")
+        block = recall_block(timed, qa_dir)
         block["latency_ms"] = {stage: pct(samples) for stage, samples in timed.samples.items()}
         block["seconds"] = round(time.perf_counter() - started, 1)
-        out["configs"][name] = block
+        results[name] = block
         quiz = block.get("quiz-dev", {})
         print(
             f"{name:36s} quiz r@1 {quiz.get('recall@1', 0):.3f} r@5 {quiz.get('recall@5', 0):.3f} "
@@ -245,11 +238,14 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             + f" | total p50 {block['latency_ms'].get('total', {}).get('p50')} ms",
             flush=True,
         )
-    questions = [row["question"] for row in load_questions(args.data_dir / "qa" / "quiz-dev.jsonl")]
-    queries = questions[: args.latency_queries]
-    serving = best
+    return results
+
+
+def production_latency(parts: Parts, serving: tuple, reranker, queries: list[str]) -> dict:
+    settings = KnowledgeSettings()
     budget, deep = settings.retrieval_budget_ms, settings.rerank_budget_ms
-    out["production_latency_ms"] = {
+    hybrid = parts.hybrid
+    latency = {
         "hexcore search (first stage, 20 ms budget)": budgeted_latency(
             hybrid(*serving, budget=budget), queries, rerank=False
         ),
@@ -258,19 +254,54 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         ),
     }
     if reranker is not None:
-        out["production_latency_ms"]["answer path + cross-encoder (150 ms budget)"] = budgeted_latency(
+        latency["answer path + cross-encoder (150 ms budget)"] = budgeted_latency(
             hybrid(*serving, rr=reranker, budget=budget, deep_budget=deep), queries, True
         )
+    return latency
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    settings = KnowledgeSettings()
+    out: dict = {"machine": machine(), "release": args.release, "command": " ".join(["python", *sys.argv])}
+    doc = load_release(args.data_dir / "rules", args.release)
+    cards = load_card_dir(args.data_dir / "cards")
+    card_db = CardDatabase(cards, load_nicknames(args.data_dir / "cards" / NICKNAMES_FILE))
+    passages = build_passages(doc, cards)
+    texts = index_texts(passages, doc)
+    parts = Parts(passages, texts, KnowledgeGraph.build(doc, cards), card_db, RuleBook(doc))
+    store = RetrieverStore(args.state_dir / "retrievers")
+    embedder_dir = args.embedder or store.serving_dir("embedder")
+    reranker_dir = args.reranker or store.serving_dir("reranker")
+    out["models"] = {"embedder": str(embedder_dir), "reranker": str(reranker_dir)}
+    cache_dir = args.state_dir / "index" / "embeddings"
+    base_embedder = get_embedder()
+    base_vectors, out["index_base"] = vectors_for(
+        base_embedder, passages, texts, doc.effective_date, cache_dir
+    )
+    base, trained = (base_embedder, base_vectors), None
+    if embedder_dir:
+        embedder = Embedder(str(embedder_dir))
+        vectors, out["index_trained"] = vectors_for(embedder, passages, texts, doc.effective_date, cache_dir)
+        trained = (embedder, vectors)
+    reranker = load_reranker(
+        reranker_dir, settings.rerank_depth, settings.rerank_budget_ms, settings.rerank_prior
+    )
+    configs = build_configs(parts, base, trained, reranker, args.ablations)
+    out["configs"] = {} if args.latency_only else recall_of_configs(configs, args.data_dir / "qa")
+    questions = [row["question"] for row in load_questions(args.data_dir / "qa" / "quiz-dev.jsonl")]
+    queries = questions[: args.latency_queries]
+    out["production_latency_ms"] = production_latency(parts, trained or base, reranker, queries)
     print(json.dumps(out["production_latency_ms"], indent=1), flush=True)
-    if args.latency_only:
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=2) + "\n")
-        return
-    out["misses"] = classify_misses(out["configs"], args.data_dir / "qa", doc)
-    print(json.dumps({k: v for k, v in out["misses"].items() if k != "examples"}, indent=1))
-    out["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
-    if args.plots:
-        out["plots"] = write_plots(out, args.plots)
+    if not args.latency_only:
+        out["misses"] = classify_misses(out["configs"], args.data_dir / "qa", doc)
+        print(json.dumps({k: v for k, v in out["misses"].items() if k != "examples"}, indent=1))
+        out["machine"]["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+        if args.plots:
+            out["plots"] = write_plots(out, args.plots)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
 

@@ -148,7 +148,7 @@ def bench_early_stopping(
     return out
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -169,20 +169,11 @@ def main() -> int:
     )
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    torch.set_num_threads(args.threads)
-    settings = Settings(paths=PathSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-training-"))))
-    workdir = settings.paths.state_dir / "runs"
-    from engine.model_loader import load_base_model
 
-    loaded = load_base_model(
-        # Dense weights: training's forward/backward run on many rows, where int4 layers use them anyway.
-        EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads, quantization="none"),
-        PathSettings(),
-    )
-    doc = load_rules_document(settings)
-    config = TrainConfig(
+def bench_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         lora_r=args.lora_r,
         lora_alpha=2 * args.lora_r,
         learning_rate=args.lr,
@@ -195,6 +186,31 @@ def main() -> int:
         warmup_ratio=0.1,
         progress=False,
     )
+
+
+def print_expert(expert: str, row: dict) -> None:
+    print(
+        f"{expert:<11} base ppl {row['base_perplexity']:8.3f} -> adapter {row['adapter_perplexity']:8.3f} "
+        f"(perplexity {-row['reduction']:+.1%}); epoch of {row['train_examples']} ex in {row['epoch_train_seconds']} s "
+        f"({row['examples_per_second']} ex/s; full {row['full_train_examples']} ex ~{row['full_epoch_minutes_estimate']} min)",
+        flush=True,
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    settings = Settings(paths=PathSettings(state_dir=Path(tempfile.mkdtemp(prefix="bench-training-"))))
+    workdir = settings.paths.state_dir / "runs"
+    from engine.model_loader import load_base_model
+
+    loaded = load_base_model(
+        # Dense weights: training's forward/backward run on many rows, where int4 layers use them anyway.
+        EngineSettings(model="embedded", dtype=args.dtype, threads=args.threads, quantization="none"),
+        PathSettings(),
+    )
+    doc = load_rules_document(settings)
+    config = bench_config(args)
     results: dict = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
@@ -208,17 +224,10 @@ def main() -> int:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(results, indent=2))
 
-    if not args.skip_experts:
-        for expert in args.experts:
-            row = bench_expert(expert, loaded, settings, doc, config, workdir)
-            results["experts"][expert] = row
-            print(
-                f"{expert:<11} base ppl {row['base_perplexity']:8.3f} -> adapter {row['adapter_perplexity']:8.3f} "
-                f"(perplexity {-row['reduction']:+.1%}); epoch of {row['train_examples']} ex in {row['epoch_train_seconds']} s "
-                f"({row['examples_per_second']} ex/s; full {row['full_train_examples']} ex ~{row['full_epoch_minutes_estimate']} min)",
-                flush=True,
-            )
-            save()
+    for expert in args.experts if not args.skip_experts else ():
+        results["experts"][expert] = row = bench_expert(expert, loaded, settings, doc, config, workdir)
+        print_expert(expert, row)
+        save()
     if args.es_expert != "none":
         es = bench_early_stopping(
             args.es_expert,

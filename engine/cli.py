@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import click
 
 from engine.api import Answer, AnswerRequest, Expert, LeadFound
+from hexcore.cli_support import load_settings
 from hexcore.errors import UsageProblem
 from hexcore.imports import keep_bitsandbytes_out
 
@@ -39,16 +40,8 @@ def register(main: click.Group, eval_group: click.Group) -> None:
     main.add_command(chat_command)
 
 
-def _settings() -> Settings:
-    """The Settings a caller passed as the click context object (tests), else the environment's."""
-    from hexcore.settings import Settings, get_settings
-
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_object(Settings) if ctx is not None else None
-    return obj if obj is not None else get_settings()
-
-
-def _engine(settings: Settings, quiet: bool) -> LocalEngine:
+def open_engine(settings: Settings, quiet: bool) -> LocalEngine:
+    """The local engine for a CLI command (``ask``, ``chat``, ``eval qa``), offline, progress on stderr."""
     _skip_bitsandbytes(settings)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -70,7 +63,7 @@ def _skip_bitsandbytes(settings: Settings) -> None:
         keep_bitsandbytes_out()
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+def run_or_exit(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro``; the engine's and the knowledge layer's typed errors become one line and exit code 1."""
     from engine.errors import EngineError
     from knowledge.errors import KnowledgeError
@@ -199,9 +192,9 @@ def ask_command(
         max_new_tokens=max_new_tokens,
     )
     streaming = _stream_default(stream, as_json)
-    settings = _settings()
+    settings = load_settings()
     _check_request(request, settings)
-    engine = _engine(settings, quiet)
+    engine = open_engine(settings, quiet)
 
     async def main() -> Answer:
         try:
@@ -210,7 +203,7 @@ def ask_command(
         finally:
             await engine.close()
 
-    answer = _run(main())
+    answer = run_or_exit(main())
     if as_json:
         click.echo(json.dumps(answer.to_json(), indent=2, ensure_ascii=False))
     elif not streaming:
@@ -248,8 +241,8 @@ def chat_command(
     """A multi-turn conversation in the terminal; follow-up questions reuse the conversation's cache."""
     fixed = tuple(Expert(e.lower()) for e in experts) or None
     streaming = _stream_default(stream, False)
-    engine = _engine(_settings(), quiet)
-    _run(_chat(engine, fixed, max_new_tokens, streaming, sys.stdin.readline))
+    engine = open_engine(load_settings(), quiet)
+    run_or_exit(_chat(engine, fixed, max_new_tokens, streaming, sys.stdin.readline))
 
 
 async def _chat(

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from engine.cli import EXPERT_CHOICE, _engine, _run, _settings
+from engine.cli import EXPERT_CHOICE, open_engine, run_or_exit
+from hexcore.cli_support import load_settings
 
 if TYPE_CHECKING:
     from evaluation.qa import QAReport, QuestionResult
@@ -79,7 +80,7 @@ def eval_qa(
     from knowledge.errors import DataMissing
     from knowledge.recall import load_questions
 
-    settings = _settings()
+    settings = load_settings()
     qa = qa_path or settings.paths.data_dir / "qa" / "quiz-dev.jsonl"
     try:
         rows = load_questions(qa)  # a bad file fails now, not after minutes of loading the model
@@ -91,7 +92,7 @@ def eval_qa(
         click.echo(f"error: {qa} has no questions", err=True)
         sys.exit(1)
     fixed = [Expert(e.lower()) for e in experts] or None
-    engine = _engine(settings, quiet)
+    engine = open_engine(settings, quiet)
     progress = None if quiet else _progress
 
     async def main() -> QAReport:
@@ -112,7 +113,7 @@ def eval_qa(
         finally:
             await engine.close()
 
-    report: QAReport = _run(main())
+    report: QAReport = run_or_exit(main())
     report.source = str(qa)
     _output(report, as_json, plots_dir, out_path)
     if report.interrupted:

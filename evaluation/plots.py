@@ -31,11 +31,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+    """The measured value nearest to rank ``q * (n - 1)`` (no interpolation); 0.0 for no values."""
+    import numpy as np
+
+    return float(np.percentile(values, 100 * q, method="nearest")) if len(values) else 0.0
 
 
 def plot_latency_distributions(

@@ -15,11 +15,12 @@ returns the report of the questions finished so far, marked ``interrupted``.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from engine.api import Answer, AnswerRequest, Engine, Expert, LeadFound, TokenDelta
 from engine.errors import EngineError
@@ -432,10 +433,9 @@ def _groups(results: Sequence[QuestionResult]) -> dict[str, list[QuestionResult]
 
 def percentile(values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0..1): a value that was measured, never interpolated."""
-    ordered = sorted(values)
-    if not ordered:
+    if not values:
         return None
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+    return float(np.percentile(values, 100 * q, method="inverted_cdf"))
 
 
 def summarise(results: Sequence[QuestionResult]) -> GroupSummary:

@@ -20,7 +20,14 @@ import click
 
 from hexcore.errors import HexcoreGroup
 
-COMMAND_MODULES = ("knowledge.cli", "engine.cli", "bot.cli", "training.cli", "evaluation.cli")
+COMMAND_MODULES = (
+    "knowledge.cli",
+    "engine.cli",
+    "bot.cli",
+    "training.cli",
+    "training.admin_cli",
+    "evaluation.cli",
+)
 
 
 LIBRARY_NOISE = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,10 +28,26 @@ def default_data_dir() -> Path:
 
 
 def _config(prefix: str) -> SettingsConfigDict:
+    # extra="ignore": the env files hold every section's variables, so each section skips the others'.
     return SettingsConfigDict(env_prefix=prefix, env_file=ENV_FILES, extra="ignore", frozen=True)
 
 
-class PathSettings(BaseSettings):
+class _Section(BaseSettings):
+    """One section. Unknown variables in the environment are ignored (see ``_config``), but a keyword
+    argument that names no setting is a mistake, so it raises instead of being dropped."""
+
+    def __init__(self, **values: Any) -> None:
+        fields = type(self).model_fields
+        unknown = sorted(k for k in values if not k.startswith("_") and k not in fields)  # _env_file etc.
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no setting {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(fields)}"
+            )
+        super().__init__(**values)
+
+
+class PathSettings(_Section):
     model_config = _config("HEXCORE_")
 
     data_dir: Path = Field(default_factory=default_data_dir)
@@ -78,7 +95,7 @@ class PathSettings(BaseSettings):
         return self.state_dir / "conversations.sqlite3"
 
 
-class KnowledgeSettings(BaseSettings):
+class KnowledgeSettings(_Section):
     model_config = _config("HEXCORE_KNOWLEDGE_")
 
     embedding_model: str = "embedded"
@@ -110,7 +127,7 @@ class KnowledgeSettings(BaseSettings):
 QUANTIZATION_KINDS = ("auto", "int4", "4bit", "8bit")
 
 
-class EngineSettings(BaseSettings):
+class EngineSettings(_Section):
     model_config = _config("HEXCORE_ENGINE_")
 
     model: str = "embedded"
@@ -175,7 +192,7 @@ class EngineSettings(BaseSettings):
         )
 
 
-class BotSettings(BaseSettings):
+class BotSettings(_Section):
     model_config = _config("HEXCORE_BOT_")
 
     owner_id: int | None = None
@@ -230,7 +247,7 @@ class DiscordSecrets(BaseSettings):
     discord_token: SecretStr
 
 
-class TrainingSettings(BaseSettings):
+class TrainingSettings(_Section):
     model_config = _config("HEXCORE_TRAIN_")
 
     nightly_hour: int = Field(3, ge=0, le=23)
@@ -243,12 +260,21 @@ class TrainingSettings(BaseSettings):
 class Settings:
     """The sections together; build with :func:`get_settings` (cached) or directly in tests."""
 
-    def __init__(self, **sections: BaseSettings) -> None:
-        self.paths: PathSettings = sections.get("paths") or PathSettings()
-        self.knowledge: KnowledgeSettings = sections.get("knowledge") or KnowledgeSettings()
-        self.engine: EngineSettings = sections.get("engine") or EngineSettings()
-        self.bot: BotSettings = sections.get("bot") or BotSettings()
-        self.training: TrainingSettings = sections.get("training") or TrainingSettings()
+    def __init__(
+        self,
+        *,
+        paths: PathSettings | None = None,
+        knowledge: KnowledgeSettings | None = None,
+        engine: EngineSettings | None = None,
+        bot: BotSettings | None = None,
+        training: TrainingSettings | None = None,
+    ) -> None:
+        """Each section given, else read from the environment; a misspelt section name is a TypeError."""
+        self.paths = paths or PathSettings()
+        self.knowledge = knowledge or KnowledgeSettings()
+        self.engine = engine or EngineSettings()
+        self.bot = bot or BotSettings()
+        self.training = training or TrainingSettings()
 
 
 @lru_cache(maxsize=1)

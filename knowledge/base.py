@@ -31,12 +31,17 @@ from knowledge.models import Card, Passage, RetrievalResult, Rule, RulesDocument
 from knowledge.rules import RuleBook, list_releases, load_release
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hexcore.settings import Settings
     from knowledge.card_names import CardDatabase
     from knowledge.context import AssembledContext
     from knowledge.embedding_cache import CachingEmbedder
+    from knowledge.embeddings import Embedder
     from knowledge.graph import KnowledgeGraph
-    from knowledge.retrieval import HybridRetriever, KnowledgeIndex, SearchOutcome
+    from knowledge.index_build import KnowledgeIndex
+    from knowledge.retrieval import HybridRetriever, SearchOutcome
+    from knowledge.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +221,7 @@ class KnowledgeBase:
 
     @property
     def vectors_dir(self) -> Path:
-        from knowledge.retrieval import vector_index_dir
+        from knowledge.index_build import vector_index_dir
 
         return vector_index_dir(self.settings)
 
@@ -284,7 +289,7 @@ class KnowledgeBase:
 
     def _load_index(self, force: bool = False, reuse_embeddings: bool = True) -> KnowledgeIndex:
         from knowledge.embedding_cache import CachingEmbedder
-        from knowledge.retrieval import load_or_build
+        from knowledge.index_build import load_or_build_knowledge_index
         from knowledge.retriever_models import retrieval_embedder
 
         # The promoted trained embedder when there is one (else MiniLM): the manifest records which.
@@ -294,7 +299,7 @@ class KnowledgeBase:
             self.events.append("index: loaded")
             return index
         caching = CachingEmbedder(embedder, self.index_dir / EMBEDDINGS_DIR) if reuse_embeddings else None
-        index = load_or_build(
+        index = load_or_build_knowledge_index(
             self.settings,
             doc=self.doc,
             cards=self.card_list,
@@ -312,10 +317,10 @@ class KnowledgeBase:
             self.embedded = len(index.passages)
         return index
 
-    def _load_saved_index(self, embedder: Any) -> KnowledgeIndex:
+    def _load_saved_index(self, embedder: Embedder) -> KnowledgeIndex:
         """The saved index, only if it matches this release, model and passages (``build_if_missing=False``)."""
+        from knowledge.index_build import KnowledgeIndex
         from knowledge.passages import build_passages, index_texts, passages_digest
-        from knowledge.retrieval import KnowledgeIndex
         from knowledge.vector_index import VectorIndex
 
         start = time.perf_counter()
@@ -332,7 +337,7 @@ class KnowledgeBase:
         return KnowledgeIndex(self.doc, passages, texts, vectors, False, _since(start))
 
     def _make_retriever(self) -> HybridRetriever:
-        from knowledge.retrieval import make_retriever
+        from knowledge.index_build import make_retriever
         from knowledge.retriever_models import retrieval_embedder
 
         index, graph, cards = self.index, self.graph, self.cards  # each loaded and timed on its own
@@ -454,7 +459,7 @@ def _prime(caching: CachingEmbedder, index: KnowledgeIndex) -> None:
     caching.prime([text_of[p.key] for p in passages], vectors)
 
 
-def _stored_vectors(vectors: Any) -> tuple[list[Passage], Any]:
+def _stored_vectors(vectors: VectorIndex) -> tuple[list[Passage], np.ndarray]:
     """(passages, their vectors) as the FAISS index holds them.
 
     Reads the index's current snapshot (never modified once published, see knowledge.vector_index), because

@@ -1,18 +1,19 @@
 """A thread-safe LRU cache whose entries also expire after a TTL, with hit/miss/eviction/expiry counters.
 
 Retrieval results are cached by normalised query: the same question asked in several channels (or retried)
-costs one dictionary lookup. A small ``OrderedDict`` implementation rather than ``cachetools`` because we
-need the counters and an injectable clock for tests, and wrapping a ``TTLCache`` for both is no shorter.
+costs one dictionary lookup. The storage, LRU order and expiry are ``cachetools.TTLCache`` (its ``timer``
+is the injectable clock); this module adds the lock and the hit/miss/eviction/expiry counters.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+import cachetools
 
 V = TypeVar("V")
 
@@ -39,6 +40,25 @@ class CacheStats:
         return {**asdict(self), "hit_rate": round(self.hit_rate, 4)}
 
 
+class _CountingTTLCache(cachetools.TTLCache):
+    """cachetools' TTL + LRU cache, counting what it drops: ``popitem`` evicts when full, ``expire`` purges
+    (cachetools calls it before every insert, so a full cache drops expired entries before live ones)."""
+
+    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float]) -> None:
+        super().__init__(maxsize, ttl, timer=timer)
+        self.evictions = self.expirations = 0
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = super().popitem()
+        self.evictions += 1
+        return item
+
+    def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
+        expired = list(super().expire(time))
+        self.expirations += len(expired)
+        return expired
+
+
 class TTLCache(Generic[V]):
     """LRU cache of at most ``capacity`` entries, each valid for ``ttl_s`` seconds after it was set.
 
@@ -53,24 +73,17 @@ class TTLCache(Generic[V]):
             raise ValueError("cache ttl must be > 0")
         self.capacity = capacity
         self.ttl_s = ttl_s
-        self._clock = clock
-        self._data: OrderedDict[Hashable, tuple[float, V]] = OrderedDict()
+        self._data = _CountingTTLCache(capacity, ttl_s, timer=clock)
         self._lock = threading.Lock()
-        self._hits = self._misses = self._evictions = self._expirations = 0
+        self._hits = self._misses = 0
 
     def get(self, key: Hashable, default: V | None = None) -> V | None:
         with self._lock:
-            entry = self._data.get(key, _MISSING)
-            if entry is _MISSING:
+            self._data.expire()  # an expired entry is dropped (and counted) rather than left to a later set
+            value = self._data.get(key, _MISSING)
+            if value is _MISSING:
                 self._misses += 1
                 return default
-            expires_at, value = entry  # type: ignore[misc]
-            if self._clock() >= expires_at:
-                del self._data[key]
-                self._expirations += 1
-                self._misses += 1
-                return default
-            self._data.move_to_end(key)
             self._hits += 1
             return value
 
@@ -78,26 +91,11 @@ class TTLCache(Generic[V]):
         if self.capacity == 0:
             return
         with self._lock:
-            now = self._clock()
-            if key in self._data:
-                self._data.move_to_end(key)
-            self._data[key] = (now + self.ttl_s, value)
-            if len(self._data) > self.capacity:
-                self._purge_expired(now)
-            while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
-                self._evictions += 1
-
-    def _purge_expired(self, now: float) -> None:
-        """Drop expired entries first, so a full cache evicts dead entries before live ones."""
-        for key in [k for k, (expires_at, _) in self._data.items() if now >= expires_at]:
-            del self._data[key]
-            self._expirations += 1
+            self._data[key] = value
 
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
-            entry = self._data.get(key)
-            return entry is not None and self._clock() < entry[0]
+            return key in self._data
 
     def __len__(self) -> int:
         with self._lock:
@@ -106,15 +104,17 @@ class TTLCache(Generic[V]):
     def clear(self) -> None:
         """Drop every entry (e.g. after the index was rebuilt); counters are kept."""
         with self._lock:
-            self._data.clear()
+            evictions, expirations = self._data.evictions, self._data.expirations
+            self._data.clear()  # pops every entry: neither evictions nor expirations
+            self._data.evictions, self._data.expirations = evictions, expirations
 
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
                 hits=self._hits,
                 misses=self._misses,
-                evictions=self._evictions,
-                expirations=self._expirations,
+                evictions=self._data.evictions,
+                expirations=self._data.expirations,
                 size=len(self._data),
                 capacity=self.capacity,
             )

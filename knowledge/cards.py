@@ -7,13 +7,18 @@ Python objects, which would take several GB.
 
 from __future__ import annotations
 
+import codecs
+import itertools
 import json
 import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+import ijson
 
 from knowledge.errors import DataMissing
 from knowledge.models import Card, CardFace, Ruling
@@ -39,66 +44,34 @@ _BRACKETS = re.compile(r"\[\[([^\[\]]*)\]\]")
 
 
 def iter_json_array(path: Path, chunk_size: int = 1 << 20) -> Iterator[Any]:
-    """Yield the elements of a top-level JSON array one by one, reading ``chunk_size`` characters at a time.
+    """Yield the elements of a top-level JSON array one by one (ijson), reading ``chunk_size`` bytes at a time.
 
-    Raises ``ValueError`` (``json.JSONDecodeError`` for bad syntax) when the file is not one complete array.
+    Raises ``ValueError`` when the file is not one complete array. ijson's C parser stops at integers beyond
+    64 bits; then its pure-Python parser (slower, exact) reads the rest.
     """
-    decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8-sig") as handle:
-        buf = handle.read(chunk_size)
-        eof = not buf
-        pos = _skip_ws(buf, 0)
-        if pos >= len(buf) or buf[pos] != "[":
-            raise ValueError(f"{path.name}: not a JSON array")
-        pos += 1
-        expect_value = True  # directly after "[" or ","
-        first = True
-        while True:
-            pos = _skip_ws(buf, pos)
-            if pos >= len(buf) or (not eof and len(buf) - pos < 64):
-                # Refill before looking at the next token; a value never straddles a refill point unparsed.
-                chunk = handle.read(chunk_size)
-                if not chunk:
-                    if pos >= len(buf):
-                        raise ValueError(f"{path.name}: JSON array ends early (truncated file?)")
-                    eof = True
-                buf = buf[pos:] + chunk
-                pos = 0
-                continue
-            char = buf[pos]
-            if char == "]" and (first or not expect_value):
-                rest = buf[pos + 1 :].strip() or handle.read(64).strip()
-                if rest:
-                    raise ValueError(f"{path.name}: data after the end of the JSON array")
-                return
-            if not expect_value:
-                if char != ",":
-                    raise ValueError(f"{path.name}: expected ',' or ']' in JSON array at offset {pos}")
-                pos += 1
-                expect_value = True
-                continue
-            try:
-                value, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError:
-                if eof:
-                    raise
-                value, end = None, -1
-            if end < 0 or (end >= len(buf) and not eof):  # incomplete value: read more and try again
-                chunk = handle.read(chunk_size)
-                eof = not chunk
-                buf = buf[pos:] + chunk
-                pos = 0
-                continue
+    done = 0
+    try:
+        for value in _array_items(path, chunk_size, ijson.get_backend("yajl2_c")):
             yield value
-            pos = end
-            first = False
-            expect_value = False
+            done += 1
+    except ValueError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        yield from itertools.islice(_array_items(path, chunk_size, ijson.get_backend("python")), done, None)
 
 
-def _skip_ws(buf: str, pos: int) -> int:
-    while pos < len(buf) and buf[pos] in " \t\r\n":
-        pos += 1
-    return pos
+def _array_items(path: Path, chunk_size: int, backend: ModuleType) -> Iterator[Any]:
+    with open(path, "rb") as handle:
+        if handle.read(len(codecs.BOM_UTF8)) != codecs.BOM_UTF8:
+            handle.seek(0)
+        events = backend.parse(handle, buf_size=chunk_size, use_float=True)
+        try:
+            first = next(events)
+            if first[1] != "start_array":
+                raise ValueError(f"{path.name}: not a JSON array")
+            yield from backend.items(itertools.chain([first], events), "item")
+        except ijson.JSONError as exc:
+            raise ValueError(f"{path.name}: {str(exc).splitlines()[0]}") from exc
 
 
 # --- Scryfall -------------------------------------------------------------------------------------------

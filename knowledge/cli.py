@@ -20,25 +20,15 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hexcore.cli_support import load_settings
 from hexcore.errors import UsageProblem
 from hexcore.imports import keep_bitsandbytes_out
 
 UNBUDGETED_MS = 1e9
 
 if TYPE_CHECKING:
-    from hexcore.settings import Settings
     from knowledge.base import KnowledgeBase
     from knowledge.models import RetrievalResult
-
-
-def _settings() -> Settings:
-    """Settings from the click context object when a caller (a test, an embedding app) passed one, else the
-    environment."""
-    from hexcore.settings import Settings, get_settings
-
-    ctx = click.get_current_context(silent=True)
-    obj = ctx.find_object(Settings) if ctx is not None else None
-    return obj if obj is not None else get_settings()
 
 
 @contextmanager
@@ -59,7 +49,7 @@ def _load(lazy: bool, progress: bool = False, unbudgeted: bool = False) -> Knowl
     from knowledge.base import KnowledgeBase
 
     keep_bitsandbytes_out()  # the embedder pulls in peft, and peft bitsandbytes: nothing here quantizes
-    settings = _settings()
+    settings = load_settings()
     if unbudgeted:
         knowledge = settings.knowledge.model_copy(update={"retrieval_budget_ms": UNBUDGETED_MS})
         settings = type(settings)(
@@ -121,7 +111,7 @@ def data_update(data_dir: Path | None) -> None:
     """Download the current Comprehensive Rules and Scryfall's oracle cards and rulings."""
     from knowledge.update import update_data
 
-    settings = _settings()
+    settings = load_settings()
     target = (data_dir or settings.paths.data_dir).expanduser().resolve()
     reason = read_only_reason(target)
     if reason is not None:
@@ -163,7 +153,7 @@ def index_build(fresh: bool, as_json: bool) -> None:
     from knowledge.base import KnowledgeBase
 
     keep_bitsandbytes_out()
-    settings = _settings()
+    settings = load_settings()
     with _knowledge_errors(), state_lock(settings.paths.state_dir, "index build"):
         try:
             report = KnowledgeBase.build(settings, progress=not as_json, reuse_embeddings=not fresh)
@@ -183,7 +173,7 @@ def index_stats() -> None:
     from knowledge.base import KnowledgeBase
 
     with _knowledge_errors():
-        kb = KnowledgeBase.load(_settings(), build_if_missing=False)
+        kb = KnowledgeBase.load(load_settings(), build_if_missing=False)
     click.echo(json.dumps(kb.stats(), indent=2, default=str))
 
 
@@ -301,7 +291,7 @@ def eval_retrieval(qa_path: Path | None, k: int, as_json: bool, rerank: bool | N
     """Retrieval recall@k (and @1, @10, MRR) over rule passages: overall, per difficulty, and the misses."""
     from knowledge.recall import evaluate_recall, gold_rules, load_questions
 
-    settings = _settings()
+    settings = load_settings()
     qa = qa_path or settings.paths.data_dir / "qa" / "quiz-dev.jsonl"
     with _knowledge_errors():
         rows = load_questions(qa)  # a missing or malformed file fails now, not after loading the index

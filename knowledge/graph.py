@@ -27,12 +27,7 @@ vocabulary and the matching rules live in :mod:`knowledge.vocabulary`; this modu
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import re
-import tempfile
-import zlib
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,8 +53,6 @@ from knowledge.vocabulary import (
 )
 
 __all__ = ["KnowledgeGraph", "NoPath", "UnknownEntity", "REL"]
-
-FORMAT_VERSION = 1
 
 
 class UnknownEntity(KnowledgeError):
@@ -457,51 +450,17 @@ class KnowledgeGraph:
     # ------------------------------------------------------------------------------- persistence
 
     def save(self, path: str | Path) -> None:
-        """Gzip'd node-link JSON, with the rules release and a format version."""
-        data = nx.node_link_data(self.g, edges="edges")
-        data["graph"] = {**self.g.graph, "format": FORMAT_VERSION}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temp file of its own (two builds on one state dir must not write the same one), renamed into
-        # place only once complete: never a half-written graph behind.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8", compresslevel=6) as fh:
-                json.dump(data, fh, ensure_ascii=False, separators=(",", ":"))
-            os.chmod(tmp, 0o644)
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        """Gzip'd node-link JSON, with the rules release and a format version (:mod:`knowledge.graph_store`)."""
+        from knowledge.graph_store import write_graph
+
+        write_graph(self.g, Path(path))
 
     @classmethod
     def load(cls, path: str | Path) -> KnowledgeGraph:
-        from hexcore.damaged import move_aside
-        from knowledge.errors import DataMissing, StaleIndex
+        """The graph saved at ``path``; DataMissing when there is none, StaleIndex when it is old or damaged."""
+        from knowledge.graph_store import read_graph
 
-        try:
-            with gzip.open(path, "rt", encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError as exc:
-            raise DataMissing(f"No knowledge graph at {path}; build it with `hexcore index build`.") from exc
-        except IsADirectoryError as exc:
-            raise StaleIndex(f"Knowledge graph {path} is a folder, not a file; rebuild it.") from exc
-        except PermissionError as exc:  # not damaged: nothing to move aside
-            raise StaleIndex(f"Knowledge graph {path} is unreadable ({exc}); rebuild it.") from exc
-        except (OSError, ValueError, EOFError, zlib.error) as exc:  # truncated (EOFError), garbage, bad JSON
-            move_aside(path, exc)
-            raise StaleIndex(f"Knowledge graph {path} was damaged ({exc}); rebuild it.") from exc
-        meta = data.get("graph") if isinstance(data, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise StaleIndex(f"Knowledge graph {path} has an old format; rebuild it.")
-        try:
-            graph = nx.node_link_graph(data, directed=True, multigraph=True, edges="edges")
-        except (KeyError, TypeError, ValueError, AttributeError, nx.NetworkXError) as exc:
-            move_aside(path, exc)
-            raise StaleIndex(f"Knowledge graph {path} was damaged ({exc!r}); rebuild it.") from exc
-        graph.graph.pop("format", None)
-        return cls(graph)
+        return cls(read_graph(Path(path)))
 
 
 def _unique_sorted(numbers: Iterable[str]) -> list[str]:

@@ -1,6 +1,6 @@
 """Building and loading the search index of one release, and the retriever over it.
 
-``load_or_build`` reuses the saved FAISS index when its manifest matches (same embedder, release and
+``load_or_build_knowledge_index`` reuses the saved FAISS index when its manifest matches (same embedder, release and
 passages) and otherwise builds and saves a new one; the embedder is the one retrieval serves
 (:func:`knowledge.retriever_models.retrieval_embedder`: the promoted trained embedder, else MiniLM), and
 its id is written into the manifest, so an index built with one embedder is never searched with another.
@@ -22,8 +22,7 @@ from knowledge.latency import LatencyTracker
 from knowledge.models import Card, Passage, RulesDocument
 from knowledge.passages import build_passages, index_texts
 from knowledge.rules import load_release
-from knowledge.vector_index import VectorIndex
-from knowledge.vector_index import load_or_build as load_or_build_vectors
+from knowledge.vector_index import VectorIndex, load_or_build_vector_index
 
 if TYPE_CHECKING:
     from knowledge.retrieval import HybridRetriever
@@ -51,7 +50,7 @@ def vector_index_dir(settings) -> Path:
     return settings.paths.index_dir / VECTOR_DIR
 
 
-def load_or_build(
+def load_or_build_knowledge_index(
     settings,
     doc: RulesDocument | None = None,
     cards: Iterable[Card] | None = None,
@@ -78,7 +77,7 @@ def load_or_build(
         embedder = retrieval_embedder(settings)
     passages = build_passages(doc, cards)
     texts = index_texts(passages, doc)
-    vectors, rebuilt = load_or_build_vectors(
+    vectors, rebuilt = load_or_build_vector_index(
         vector_index_dir(settings),
         passages,
         texts,
@@ -88,11 +87,6 @@ def load_or_build(
         force=force,
     )
     return KnowledgeIndex(doc, passages, texts, vectors, rebuilt, round(time.perf_counter() - start, 3))
-
-
-def build_knowledge_index(settings, progress: bool = True, **parts) -> KnowledgeIndex:
-    """Build passages and the vector index from scratch and save them (``hexcore index build``)."""
-    return load_or_build(settings, progress=progress, force=True, **parts)
 
 
 def make_retriever(

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cachetools
 import numpy as np
 
 from knowledge.models import Passage, RetrievalResult
@@ -103,8 +103,9 @@ class LeadSelector:
     def __init__(self, encode: Encoder, *, candidates: int = CANDIDATES, cache_size: int = 4096) -> None:
         self.encode = encode
         self.candidates = candidates
-        self._cache: OrderedDict[str, tuple[list[tuple[int, int]], np.ndarray]] = OrderedDict()
-        self._cache_size = cache_size
+        self._cache: cachetools.LRUCache[str, tuple[list[tuple[int, int]], np.ndarray]] = cachetools.LRUCache(
+            cache_size
+        )
         self._lock = threading.Lock()
 
     def select(self, question: str, results: Sequence[RetrievalResult], ranked: bool = True) -> Lead | None:
@@ -136,7 +137,6 @@ class LeadSelector:
         with self._lock:
             hit = self._cache.get(passage.key)
             if hit is not None:
-                self._cache.move_to_end(passage.key)
                 return hit
         # The rule's own statement answers; its examples illustrate (they are quoted, never highlighted).
         body = passage.text.split("\nExample:", 1)[0]
@@ -147,6 +147,4 @@ class LeadSelector:
         entry = (spans, np.asarray(vectors, dtype=np.float32))
         with self._lock:
             self._cache[passage.key] = entry
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
         return entry

@@ -42,14 +42,6 @@ from knowledge.cache import TTLCache
 from knowledge.cards import extract_bracket_names
 from knowledge.embeddings import Embedder
 from knowledge.errors import KnowledgeError
-from knowledge.index_build import (  # noqa: F401 - re-exported: callers build through this module
-    VECTOR_DIR,
-    KnowledgeIndex,
-    build_knowledge_index,
-    load_or_build,
-    make_retriever,
-    vector_index_dir,
-)
 from knowledge.latency import LatencyTracker
 from knowledge.models import Passage, RetrievalResult, RulesDocument
 from knowledge.passages import card_key, index_texts, rule_key

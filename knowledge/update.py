@@ -15,16 +15,17 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import httpx
+import tenacity
 from tqdm import tqdm
 
 from knowledge.cards import ORACLE_CARDS_FILE, RULINGS_FILE, card_from_scryfall, iter_json_array
@@ -32,6 +33,8 @@ from knowledge.errors import RulesParseError, UpdateError
 from knowledge.rules import parse_rules
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_RULES_PAGE_URL = "https://magic.wizards.com/en/rules"
 DEFAULT_SCRYFALL_BULK_URL = "https://api.scryfall.com/bulk-data"
@@ -82,9 +85,19 @@ class _Staged:
     size: int
 
 
+class _Transient(Exception):
+    """A failure worth another try (429, 5xx, a network error); ``error`` is raised when no try is left."""
+
+    def __init__(self, error: UpdateError, retry_after_s: float = 0.0) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.retry_after_s = retry_after_s
+
+
 class _Fetcher:
-    """GET with a User-Agent and Accept header, capped retries with exponential backoff for 429, 5xx and
-    network errors, never for other 4xx (401/403/404 will not change by asking again)."""
+    """GET with a User-Agent and Accept header, capped retries (tenacity) with exponential backoff for 429,
+    5xx and network errors (reading the body included), never for other 4xx (401/403/404 will not change by
+    asking again). A ``Retry-After`` header lengthens the wait, up to ``MAX_RETRY_AFTER_S``."""
 
     def __init__(self, client: httpx.Client, retries: int, backoff_s: float, progress: bool) -> None:
         self.client = client
@@ -95,65 +108,73 @@ class _Fetcher:
         self.backoff_s = backoff_s
         self.progress = progress
 
-    def _wait(self, attempt: int, response: httpx.Response | None = None) -> None:
-        delay = self.backoff_s * 2**attempt
-        if response is not None and (retry_after := response.headers.get("Retry-After")):
-            delay = max(delay, _retry_after_s(retry_after))
-        time.sleep(min(delay, MAX_RETRY_AFTER_S))
+    def _wait_s(self, state: tenacity.RetryCallState) -> float:
+        delay = self.backoff_s * 2 ** (state.attempt_number - 1)
+        failure = state.outcome.exception() if state.outcome is not None else None
+        retry_after = failure.retry_after_s if isinstance(failure, _Transient) else 0.0
+        return min(max(delay, retry_after), MAX_RETRY_AFTER_S)
 
-    def _attempts(self, url: str, accept: str) -> Iterator[tuple[int, httpx.Response]]:
-        """Yield ``(attempt, response)`` for each try that got a 2xx; the caller reads it (and may fail)."""
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                request = self.client.build_request("GET", url, headers={**self.headers, "Accept": accept})
-                response = self.client.send(request, stream=True)
-            except httpx.TransportError as exc:
-                if last:
-                    raise UpdateError(f"Could not reach {url}: {exc or type(exc).__name__}") from exc
-                log.warning("GET %s failed (%s), retrying", url, exc)
-                self._wait(attempt)
-                continue
-            if response.status_code in RETRY_STATUS and not last:
-                response.close()
-                log.warning("GET %s: HTTP %d, retrying", url, response.status_code)
-                self._wait(attempt, response)
-                continue
-            if not response.is_success:  # an error, or a redirect a caller's client does not follow
-                response.close()
-                tries = f" (tried {attempt + 1} times)" if attempt else ""
-                raise UpdateError(
-                    f"{url} answered HTTP {response.status_code} {response.reason_phrase}{tries}."
-                )
-            yield attempt, response
+    def _fetch(self, url: str, accept: str, read: Callable[[httpx.Response], T]) -> T:
+        """``read`` of the 2xx response to GET ``url``; a transient failure, sending or reading, tries again."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=self._wait_s,
+            retry=tenacity.retry_if_exception_type(_Transient),
+            before_sleep=lambda state: log.warning("GET %s: %s; retrying", url, state.outcome.exception()),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    response = self._send(url, accept, attempt.retry_state.attempt_number)
+                    with closing(response):
+                        try:
+                            return read(response)
+                        except httpx.TransportError as exc:  # includes a body cut short of its Content-Length
+                            reason = exc or type(exc).__name__
+                            raise _Transient(UpdateError(f"Download of {url} failed: {reason}")) from exc
+        except _Transient as exc:
+            raise exc.error from exc.__cause__
+        raise AssertionError("unreachable")  # the last try returns or raises
+
+    def _send(self, url: str, accept: str, attempt: int) -> httpx.Response:
+        """The streamed 2xx response; :class:`_Transient` for what may pass, UpdateError for what will not."""
+        try:
+            request = self.client.build_request("GET", url, headers={**self.headers, "Accept": accept})
+            response = self.client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise _Transient(UpdateError(f"Could not reach {url}: {exc or type(exc).__name__}")) from exc
+        if response.is_success:
+            return response
+        response.close()  # an error, or a redirect a caller's client does not follow
+        tries = f" (tried {attempt} times)" if attempt > 1 else ""
+        error = UpdateError(f"{url} answered HTTP {response.status_code} {response.reason_phrase}{tries}.")
+        if response.status_code in RETRY_STATUS:
+            raise _Transient(error, _retry_after_s(response.headers.get("Retry-After", "")))
+        raise error
 
     def get_bytes(self, url: str, accept: str) -> bytes:
         """A small document (a web page, an index), read into memory."""
-        for attempt, response in self._attempts(url, accept):
-            try:
-                with closing(response):
-                    body = bytearray()
-                    for chunk in response.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_PAGE_BYTES:
-                            raise UpdateError(
-                                f"{url} is larger than {MAX_PAGE_BYTES} bytes; not the expected page."
-                            )
-                    return bytes(body)
-            except httpx.TransportError as exc:
-                if attempt == self.retries:
-                    raise UpdateError(f"Download of {url} failed: {exc or type(exc).__name__}") from exc
-                self._wait(attempt)
-        raise AssertionError("unreachable")  # _attempts either yields a response or raises
+
+        def read(response: httpx.Response) -> bytes:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_PAGE_BYTES:
+                    raise UpdateError(f"{url} is larger than {MAX_PAGE_BYTES} bytes; not the expected page.")
+            return bytes(body)
+
+        return self._fetch(url, accept, read)
 
     def download(self, url: str, dest_dir: Path, accept: str, label: str) -> Path:
         """Stream ``url`` into a hidden temp file in ``dest_dir`` and return its path (caller owns it)."""
         dest_dir.mkdir(parents=True, exist_ok=True)
-        for attempt, response in self._attempts(url, accept):
+
+        def read(response: httpx.Response) -> Path:
             fd, name = tempfile.mkstemp(prefix=f".{label}.", suffix=".part", dir=dest_dir)
             temp = Path(name)
             try:
-                with closing(response), os.fdopen(fd, "wb") as out:
+                with os.fdopen(fd, "wb") as out:
                     total = int(response.headers.get("Content-Length", 0)) or None
                     with tqdm(
                         total=total,
@@ -171,16 +192,11 @@ class _Fetcher:
                     out.flush()
                     os.fsync(out.fileno())
                 return temp
-            except httpx.TransportError as exc:  # includes a body cut short of its Content-Length
-                temp.unlink(missing_ok=True)
-                if attempt == self.retries:
-                    raise UpdateError(f"Download of {url} failed: {exc or type(exc).__name__}") from exc
-                log.warning("download of %s failed (%s), retrying", url, exc)
-                self._wait(attempt)
             except BaseException:
                 temp.unlink(missing_ok=True)
                 raise
-        raise AssertionError("unreachable")
+
+        return self._fetch(url, accept, read)
 
 
 def _retry_after_s(value: str) -> float:

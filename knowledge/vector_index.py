@@ -13,7 +13,7 @@ reference once, so it never locks and never sees a half-added index.
 
 Saved layout (``save(dir)``): ``manifest.json``, ``passages.jsonl``, ``<kind>.faiss``. ``load`` raises
 :class:`~knowledge.errors.StaleIndex` when the manifest's format version, embedding model, rules release
-or passage digest is not the expected one; :func:`load_or_build` rebuilds in that case.
+or passage digest is not the expected one; :func:`load_or_build_vector_index` rebuilds in that case.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def build_vector_index(
     return index
 
 
-def load_or_build(
+def load_or_build_vector_index(
     directory: str | Path | None,
     passages: Sequence[Passage],
     texts: Sequence[str],

@@ -16,12 +16,15 @@ import hashlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.prompts import IM_END
 from training.examples import TrainingExample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 MIN_ANSWER_TOKENS = 8
@@ -39,7 +42,10 @@ class EncodedExample:
 
 
 def encode_example(
-    tokenizer: Any, example: TrainingExample, max_len: int, experts: Sequence[str] | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    example: TrainingExample,
+    max_len: int,
+    experts: Sequence[str] | None = None,
 ) -> EncodedExample | None:
     prompt = tokenizer(example.prompt(experts), add_special_tokens=False)["input_ids"]
     answer = tokenizer(example.answer.strip() + IM_END, add_special_tokens=False)["input_ids"]
@@ -51,7 +57,10 @@ def encode_example(
 
 
 def encode_all(
-    tokenizer: Any, examples: Sequence[TrainingExample], max_len: int, experts: Sequence[str] | None = None
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainingExample],
+    max_len: int,
+    experts: Sequence[str] | None = None,
 ) -> tuple[list[EncodedExample], int]:
     """Encoded examples (in order) and how many were dropped as too long."""
     out, dropped = [], 0
@@ -89,7 +98,7 @@ def collate(
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
-def _accepts_logits_to_keep(model: Any) -> bool:
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base = getattr(base, "module", base)  # DDP
     try:
@@ -98,7 +107,7 @@ def _accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
-def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def token_nll(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed negative log-likelihood of the target tokens [B] (float32), and their counts [B].
 
     The LM head (576 x 49k for SmolLM2, about a fifth of the model's compute) runs only from the earliest

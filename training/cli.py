@@ -1,4 +1,5 @@
-"""``hexcore train``, ``hexcore validate`` and ``hexcore adapters``: training and adapter administration.
+"""``hexcore train`` and ``hexcore validate``; the store commands (``adapters``, ``retriever``) are in
+:mod:`training.admin_cli`.
 
 Heavy imports (torch, transformers, peft) happen inside the commands. Expected failures (bad config,
 unknown expert, missing checkpoint, evaluation data) print one line and exit 1, never a traceback.
@@ -6,26 +7,32 @@ unknown expert, missing checkpoint, evaluation data) print one line and exit 1, 
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
+
+from hexcore.cli_support import load_settings
+
+if TYPE_CHECKING:
+    from engine.adapter_store import AdapterVersion
+    from hexcore.settings import Settings
+    from training.pipeline import ExpertOutcome
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXPERT_NAMES = ("reason", "explain", "teach", "predict", "retrospect")
 
 
-def _settings() -> Any:
-    from hexcore.settings import get_settings
-
-    return get_settings()
-
-
-def _fail_on_known_errors(func: Any) -> Any:
-    import functools
+def fail_on_known_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Expected failures (training, engine, knowledge errors) become click's one-line error, exit 1."""
 
     @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from engine.errors import EngineError
         from knowledge.errors import KnowledgeError
         from training.errors import TrainingError
@@ -38,7 +45,7 @@ def _fail_on_known_errors(func: Any) -> Any:
     return wrapper
 
 
-def _echo_outcome(outcome: Any, as_json: bool) -> None:
+def _echo_outcome(outcome: ExpertOutcome, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(outcome.to_json(), indent=2))
         return
@@ -59,306 +66,131 @@ def _echo_outcome(outcome: Any, as_json: bool) -> None:
         click.echo(f"  run: {outcome.run_dir}")
 
 
-def register(main: click.Group, eval_group: click.Group) -> None:
-    @main.command("train")
-    @click.option(
-        "--expert",
-        "experts",
-        multiple=True,
-        type=click.Choice(EXPERT_NAMES),
-        help="Expert to train (repeatable).",
-    )
-    @click.option("--all", "all_experts", is_flag=True, help="Train every expert.")
-    @click.option("--router", is_flag=True, help="Retrain the expert router (about a second).")
-    @click.option(
-        "--fusion", is_flag=True, help="Train the cross-expert attention over the serving adapters."
-    )
-    @click.option(
-        "--retriever",
-        is_flag=True,
-        help="Fine-tune the search embedder and train the re-ranker (validated; promoted only when "
-        "better; the index is rebuilt for a new embedder). About 10-20 min on 2 CPU cores.",
-    )
-    @click.option(
-        "--config",
-        "config_file",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
-        help="Training config (YAML or JSON).",
-    )
-    @click.option(
-        "--resume",
-        type=click.Path(exists=True, file_okay=False, path_type=Path),
-        help="Continue an interrupted run (run dir or checkpoint).",
-    )
-    @click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
-    @click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
-    @click.option("--no-promote", is_flag=True, help="Validate and store the adapter, but never promote it.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
-    @_fail_on_known_errors
-    def train(
-        experts: tuple[str, ...],
-        all_experts: bool,
-        router: bool,
-        fusion: bool,
-        retriever: bool,
-        config_file: Path | None,
-        resume: Path | None,
-        max_steps: int | None,
-        epochs: int | None,
-        no_promote: bool,
-        as_json: bool,
-    ) -> None:
-        """Train expert LoRA adapters (validated; promoted only when better), the router, the fusion, or the
-        retriever."""
-        from hexcore.state_lock import state_lock
+@click.command("train")
+@click.option(
+    "--expert",
+    "experts",
+    multiple=True,
+    type=click.Choice(EXPERT_NAMES),
+    help="Expert to train (repeatable).",
+)
+@click.option("--all", "all_experts", is_flag=True, help="Train every expert.")
+@click.option("--router", is_flag=True, help="Retrain the expert router (about a second).")
+@click.option("--fusion", is_flag=True, help="Train the cross-expert attention over the serving adapters.")
+@click.option(
+    "--retriever",
+    is_flag=True,
+    help="Fine-tune the search embedder and train the re-ranker (validated; promoted only when "
+    "better; the index is rebuilt for a new embedder). About 10-20 min on 2 CPU cores.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Training config (YAML or JSON).",
+)
+@click.option(
+    "--resume",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Continue an interrupted run (run dir or checkpoint).",
+)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Number of epochs.")
+@click.option("--no-promote", is_flag=True, help="Validate and store the adapter, but never promote it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@fail_on_known_errors
+def train_command(
+    experts: tuple[str, ...],
+    all_experts: bool,
+    router: bool,
+    fusion: bool,
+    retriever: bool,
+    config_file: Path | None,
+    resume: Path | None,
+    max_steps: int | None,
+    epochs: int | None,
+    no_promote: bool,
+    as_json: bool,
+) -> None:
+    """Train expert LoRA adapters (validated; promoted only when better), the router, the fusion, or the
+    retriever."""
+    from hexcore.state_lock import state_lock
 
-        modes = sum([bool(experts), all_experts, router, fusion, retriever])
-        if modes == 0 and resume is None:
-            raise click.UsageError(
-                "say what to train: --expert NAME, --all, --router, --fusion, --retriever or --resume DIR"
-            )
-        if modes > 1:
-            raise click.UsageError("use one of --expert, --all, --router, --fusion, --retriever")
-        if resume is not None and (config_file is not None or len(experts) > 1 or all_experts or fusion):
-            raise click.UsageError(
-                "--resume continues one run with its own config; it takes no --config or --all"
-            )
-        with state_lock(_settings().paths.state_dir, "training run"):
-            if retriever:
-                _train_retriever(_settings(), as_json, promote=not no_promote)
-                return
-            _train(
-                experts,
-                all_experts,
-                router,
-                fusion,
-                config_file,
-                resume,
-                max_steps,
-                epochs,
-                no_promote,
-                as_json,
-            )
-
-    @main.command("validate")
-    @click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-    @click.option(
-        "--expert", type=click.Choice(EXPERT_NAMES), help="Default: from the adapter's meta.json or run."
-    )
-    @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-    @click.option("--json", "as_json", is_flag=True)
-    @_fail_on_known_errors
-    def validate(adapter_dir: Path, expert: str | None, config_file: Path | None, as_json: bool) -> None:
-        """Held-out perplexity of ADAPTER_DIR vs the base model and the serving adapter (promotes nothing)."""
-        from engine.adapter_store import AdapterStore
-        from engine.model_loader import load_base_model
-        from training.pipeline import held_out_for, load_training_config
-        from training.validation import validate_adapter
-
-        settings = _settings()
-        check_adapter_dir(adapter_dir)  # garbage files fail here, before the data and the base model load
-        config = load_training_config(settings, config_file)
-        expert, val = held_out_for(settings, adapter_dir, expert, config)
-        loaded = load_base_model(settings.engine, settings.paths)
-        serving = AdapterStore.from_settings(settings).serving(expert)
-        report = validate_adapter(
-            loaded,
-            adapter_dir,
-            val,
-            expert=expert,
-            margin=config.promotion_margin,
-            serving_dir=serving.path if serving and serving.path.is_dir() else None,
-            serving_name=serving.version if serving else None,
-            max_seq_len=config.max_seq_len,
-            batch_size=config.batch_size,
+    modes = sum([bool(experts), all_experts, router, fusion, retriever])
+    if modes == 0 and resume is None:
+        raise click.UsageError(
+            "say what to train: --expert NAME, --all, --router, --fusion, --retriever or --resume DIR"
         )
-        if as_json:
-            click.echo(json.dumps(report.to_json(), indent=2))
+    if modes > 1:
+        raise click.UsageError("use one of --expert, --all, --router, --fusion, --retriever")
+    if resume is not None and (config_file is not None or len(experts) > 1 or all_experts or fusion):
+        raise click.UsageError(
+            "--resume continues one run with its own config; it takes no --config or --all"
+        )
+    with state_lock(load_settings().paths.state_dir, "training run"):
+        if retriever:
+            _train_retriever(load_settings(), as_json, promote=not no_promote)
             return
-        click.echo(f"{expert}: {len(val)} held-out examples")
-        click.echo(f"  base     perplexity {report.base.perplexity:.3f}")
-        click.echo(
-            f"  adapter  perplexity {report.candidate_result.perplexity:.3f} ({report.reduction_vs_base:.1%} below base)"
+        _train(
+            experts,
+            all_experts,
+            router,
+            fusion,
+            config_file,
+            resume,
+            max_steps,
+            epochs,
+            no_promote,
+            as_json,
         )
-        if report.serving_result is not None:
-            click.echo(f"  serving  perplexity {report.serving_result.perplexity:.3f} ({report.serving})")
-        click.echo(
-            f"  {report.decision.reason.replace('promoted:', 'would be promoted:', 1) if report.decision.promote else report.decision.reason}"
-        )
 
-    @main.group("retriever")
-    def retriever_group() -> None:
-        """List, promote and roll back the trained search embedder and re-ranker."""
 
-    @retriever_group.command("list")
-    @click.option("--json", "as_json", is_flag=True)
-    def list_retrievers(as_json: bool) -> None:
-        """Every stored version per role; * marks the serving one (none: the untrained model serves)."""
-        from knowledge.retriever_store import ROLES, RetrieverStore
+@click.command("validate")
+@click.argument("adapter_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--expert", type=click.Choice(EXPERT_NAMES), help="Default: from the adapter's meta.json or run."
+)
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@fail_on_known_errors
+def validate_command(adapter_dir: Path, expert: str | None, config_file: Path | None, as_json: bool) -> None:
+    """Held-out perplexity of ADAPTER_DIR vs the base model and the serving adapter (promotes nothing)."""
+    from engine.adapter_store import AdapterStore
+    from engine.model_loader import load_base_model
+    from training.config import load_training_config
+    from training.pipeline import held_out_for
+    from training.validation import validate_adapter
 
-        store = RetrieverStore.from_settings(_settings())
-        data = {
-            role: {
-                "serving": store.serving(role),
-                "versions": {v: store.meta(role, v).get("metrics", {}) for v in store.versions(role)},
-            }
-            for role in ROLES
-        }
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-            return
-        for role, info in data.items():
-            versions = [f"{'*' if v == info['serving'] else ' '}{v}" for v in info["versions"]] or ["(none)"]
-            click.echo(f"{role}: {' '.join(versions)}" + ("" if info["serving"] else "  [untrained serves]"))
-
-    @retriever_group.command("promote")
-    @click.argument("role", type=click.Choice(["embedder", "reranker"]))
-    @click.argument("version")
-    @_fail_on_known_errors
-    def promote_retriever(role: str, version: str) -> None:
-        """Serve VERSION of ROLE (an embedder change rebuilds the search index)."""
-        from knowledge.retriever_store import RetrieverStore
-
-        settings = _settings()
-        RetrieverStore.from_settings(settings).promote(role, version)
-        _after_switch(settings, role)
-        click.echo(f"{role}: serving {version}")
-
-    @retriever_group.command("rollback")
-    @click.argument("role", type=click.Choice(["embedder", "reranker"]))
-    @_fail_on_known_errors
-    def rollback_retriever(role: str) -> None:
-        """Serve the previous version of ROLE again (or the untrained model when there is none)."""
-        from knowledge.retriever_store import RetrieverStore
-
-        settings = _settings()
-        version = RetrieverStore.from_settings(settings).rollback(role)
-        _after_switch(settings, role)
-        click.echo(f"{role}: serving {version or 'the untrained model'}")
-
-    @main.group("adapters")
-    def adapters() -> None:
-        """List, promote, roll back and compare stored expert adapters."""
-
-    @adapters.command("list")
-    @click.option("--json", "as_json", is_flag=True)
-    @_fail_on_known_errors
-    def list_adapters(as_json: bool) -> None:
-        """Every stored version per expert; * marks the serving one."""
-        from engine.adapter_store import AdapterStore
-
-        store = AdapterStore.from_settings(_settings())
-        rows = {}
-        for name in EXPERT_NAMES:
-            serving = store.serving(name)
-            rows[name] = {
-                "serving": serving.version if serving else None,
-                "versions": [
-                    {
-                        "version": v.version,
-                        "created": v.meta.get("created"),
-                        "metrics": v.meta.get("metrics", {}),
-                    }
-                    for v in store.versions(name)
-                ],
-            }
-        if as_json:
-            click.echo(json.dumps(rows, indent=2))
-            return
-        for name, row in rows.items():
-            click.echo(f"{name}: serving {row['serving'] or '-'}")
-            for v in row["versions"]:
-                ppl = v["metrics"].get("candidate_perplexity")
-                mark = "*" if v["version"] == row["serving"] else " "
-                click.echo(
-                    f"  {mark} {v['version']:<5} {v['created'] or '':<26} {'' if ppl is None else f'perplexity {ppl:.3f}'}"
-                )
-
-    @adapters.command("promote")
-    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
-    @click.argument("version")
-    @_fail_on_known_errors
-    def promote(expert: str, version: str) -> None:
-        """Serve VERSION for EXPERT (atomic; the previous one can be rolled back to)."""
-        from engine.adapter_store import AdapterStore
-        from hexcore.state_lock import state_lock
-
-        settings = _settings()
-        with state_lock(settings.paths.state_dir, "adapter promotion"):
-            done = AdapterStore.from_settings(settings).promote(expert, version)
-        click.echo(f"{expert} now serves {done.version}")
-
-    @adapters.command("rollback")
-    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
-    @_fail_on_known_errors
-    def rollback(expert: str) -> None:
-        """Serve EXPERT's previous serving version again."""
-        from engine.adapter_store import AdapterStore
-        from hexcore.state_lock import state_lock
-
-        settings = _settings()
-        with state_lock(settings.paths.state_dir, "adapter rollback"):
-            done = AdapterStore.from_settings(settings).rollback(expert)
-        click.echo(f"{expert} rolled back to {done.version}")
-
-    @adapters.command("export")
-    @click.option(
-        "--base", "base_model", required=True, help="Base model as the vLLM host loads it (path or id)."
+    settings = load_settings()
+    check_adapter_dir(adapter_dir)  # garbage files fail here, before the data and the base model load
+    config = load_training_config(settings, config_file)
+    expert, val = held_out_for(settings, adapter_dir, expert, config)
+    loaded = load_base_model(settings.engine, settings.paths)
+    serving = AdapterStore.from_settings(settings).serving(expert)
+    report = validate_adapter(
+        loaded,
+        adapter_dir,
+        val,
+        expert=expert,
+        margin=config.promotion_margin,
+        serving_dir=serving.path if serving and serving.path.is_dir() else None,
+        serving_name=serving.version if serving else None,
+        max_seq_len=config.max_seq_len,
+        batch_size=config.batch_size,
     )
-    @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-    @click.option("--expert", "experts", multiple=True, type=click.Choice(EXPERT_NAMES), help="Only these.")
-    @_fail_on_known_errors
-    def export_cmd(base_model: str, out_dir: Path, experts: tuple[str, ...]) -> None:
-        """Write the serving adapters in vLLM's layout, with a generated launch.sh."""
-        from engine.adapter_store import AdapterStore
-        from engine.export import export_adapters
-
-        store = AdapterStore.from_settings(_settings())
-        report = export_adapters(store.root, out_dir, base_model, experts=experts or None)
-        click.echo(report.summary())
-
-    @adapters.command("compare")
-    @click.argument("expert", type=click.Choice(EXPERT_NAMES))
-    @click.argument("a")
-    @click.argument("b")
-    @click.option("--json", "as_json", is_flag=True)
-    @_fail_on_known_errors
-    def compare_cmd(expert: str, a: str, b: str, as_json: bool) -> None:
-        """A/B two versions (or adapter dirs, or 'base') on EXPERT's held-out examples."""
-        from engine.adapter_store import AdapterStore
-        from engine.model_loader import load_base_model
-        from training.datasets import build_expert_dataset
-        from training.pipeline import load_training_config
-        from training.validation import compare
-
-        settings = _settings()
-        store = AdapterStore.from_settings(settings)
-
-        def where(x: str) -> Path | None:
-            if x == "base":
-                return None
-            return Path(x) if Path(x).is_dir() else store.get(expert, x).path
-
-        first, second = where(a), where(b)  # an unknown version fails before the data set and the model
-        config = load_training_config(settings)
-        val = build_expert_dataset(settings, expert, config=config).val
-        result = compare(
-            first,
-            second,
-            val,
-            load_base_model(settings.engine, settings.paths),
-            experts=[expert],
-            max_seq_len=config.max_seq_len,
-        )
-        if as_json:
-            click.echo(json.dumps(result.to_json(), indent=2))
-            return
-        click.echo(
-            f"{expert}: A={a} perplexity {result.a.perplexity:.3f} | B={b} perplexity {result.b.perplexity:.3f}"
-        )
-        click.echo(
-            f"  A wins on {result.a_win_rate:.0%} of {result.a.examples} examples; winner: {result.winner}"
-        )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(f"{expert}: {len(val)} held-out examples")
+    click.echo(f"  base     perplexity {report.base.perplexity:.3f}")
+    click.echo(
+        f"  adapter  perplexity {report.candidate_result.perplexity:.3f} ({report.reduction_vs_base:.1%} below base)"
+    )
+    if report.serving_result is not None:
+        click.echo(f"  serving  perplexity {report.serving_result.perplexity:.3f} ({report.serving})")
+    click.echo(
+        f"  {report.decision.reason.replace('promoted:', 'would be promoted:', 1) if report.decision.promote else report.decision.reason}"
+    )
 
 
 def _train(
@@ -374,11 +206,12 @@ def _train(
     as_json: bool,
 ) -> None:
     """``hexcore train`` once its options are checked and the state dir is locked."""
-    settings = _settings()
+    settings = load_settings()
     if router:
         _train_router(settings, as_json)
         return
-    from training.pipeline import load_training_config, retrain_fusion, train_expert
+    from training.config import load_training_config
+    from training.pipeline import retrain_fusion, train_expert
 
     overrides = {"max_steps": max_steps, "epochs": epochs}
     if resume is not None:
@@ -427,7 +260,7 @@ def check_adapter_dir(adapter_dir: Path) -> None:
         raise TrainingError(f"{adapter_dir} is not a usable adapter: {reason}") from None
 
 
-def _check_adapter_headers(target: Any) -> None:
+def _check_adapter_headers(target: AdapterVersion) -> None:
     """Both peft files present, the config a JSON object, the weights a safetensors file (its header)."""
     import struct
 
@@ -458,7 +291,7 @@ def _check_adapter_headers(target: Any) -> None:
         raise fail(f"{WEIGHTS_FILE} is not a safetensors file (bad header)")
 
 
-def _train_router(settings: Any, as_json: bool) -> None:
+def _train_router(settings: Settings, as_json: bool) -> None:
     from engine.router import examples_hash, load_examples, train_router
 
     examples = load_examples()
@@ -473,16 +306,7 @@ def _train_router(settings: Any, as_json: bool) -> None:
         )
 
 
-def _after_switch(settings: Any, role: str) -> None:
-    """A different embedder needs its own index: rebuild now rather than on the next start."""
-    if role == "embedder":
-        from knowledge.base import KnowledgeBase
-
-        click.echo("rebuilding the search index for this embedder ...", err=True)
-        KnowledgeBase.build(settings, progress=False)
-
-
-def _train_retriever(settings: Any, as_json: bool, promote: bool) -> None:
+def _train_retriever(settings: Settings, as_json: bool, promote: bool) -> None:
     from training.retriever import RetrieverTrainConfig
     from training.retriever_pipeline import feedback_rows, run_retriever_training
 
@@ -501,3 +325,8 @@ def _train_retriever(settings: Any, as_json: bool, promote: bool) -> None:
         )
     if report.index_rebuilt:
         click.echo("  search index rebuilt with the new embedder")
+
+
+def register(main: click.Group, eval_group: click.Group) -> None:
+    main.add_command(train_command)
+    main.add_command(validate_command)

@@ -15,9 +15,13 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from training.errors import ConfigError
+from training.paths import training_dir
+
+if TYPE_CHECKING:
+    from hexcore.settings import Settings
 
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
@@ -165,3 +169,17 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["target_modules"] = list(self.target_modules)
         return data
+
+
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+
+
+def load_training_config(settings: Settings, path: Path | str | None = None) -> TrainConfig:
+    """``path``, else ``<state_dir>/training/config.{yaml,yml,json}`` when present, else the defaults."""
+    if path is not None:
+        return TrainConfig.from_file(path)
+    for name in CONFIG_NAMES:
+        candidate = training_dir(settings) / name
+        if candidate.is_file():
+            return TrainConfig.from_file(candidate)
+    return TrainConfig()

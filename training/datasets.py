@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.api import Expert
 from knowledge.models import Citation, Passage, RulesDocument
@@ -29,6 +29,11 @@ from training.config import TrainConfig
 from training.errors import DatasetError
 from training.examples import TrainingExample, assert_trainable, read_examples, write_csv, write_jsonl
 from training.rules_data import mixed_rules_examples, rules_examples
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from hexcore.settings import Settings
 
 TRAINING_DATA_DIR = "training_data"
 
@@ -166,21 +171,21 @@ def admin_examples(state_dir: Path, expert: str, data_dir: Path | None = None) -
 # --- putting it together ---------------------------------------------------------------------------------
 
 
-def load_rules_document(settings: Any) -> RulesDocument:
+def load_rules_document(settings: Settings) -> RulesDocument:
     from knowledge.rules import load_release
 
     return load_release(settings.paths.rules_dir, settings.paths.rules_release)
 
 
 def build_expert_dataset(
-    settings: Any,
+    settings: Settings,
     expert: Expert | str,
     feedback: Iterable[Mapping[str, Any]] = (),
     config: TrainConfig | None = None,
     *,
     doc: RulesDocument | None = None,
     include_rules: bool = True,
-    tokenizer: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> ExpertDataset:
     """Everything one expert trains and validates on (see the module docstring for the sources).
 
@@ -220,7 +225,7 @@ def build_expert_dataset(
 
 
 def build_mixed_dataset(
-    settings: Any,
+    settings: Settings,
     feedback: Iterable[Mapping[str, Any]] = (),
     config: TrainConfig | None = None,
     *,

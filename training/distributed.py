@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from training.paths import new_run_dir
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+    from hexcore.settings import Settings
 
 
-def distributed() -> Any:
+def distributed() -> PartialState | None:
     """accelerate's process state when launched on several processes, else None (no import cost then)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
@@ -32,10 +39,8 @@ def wait_for_everyone() -> None:
         state.wait_for_everyone()
 
 
-def shared_run_dir(settings: Any, expert: str) -> Path:
+def shared_run_dir(settings: Settings, expert: str) -> Path:
     """A new run directory, the same one in every process (the main process names it)."""
-    from training.pipeline import new_run_dir
-
     state = distributed()
     if state is None:
         return new_run_dir(settings, expert)

@@ -23,11 +23,11 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,6 +42,13 @@ from training.batching import IGNORE_INDEX, encode_example
 from training.config import TrainConfig
 from training.errors import NotEnoughData
 from training.examples import TrainingExample
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from engine.model_loader import LoadedModel
+    from hexcore.settings import Settings
 
 _VERSION = re.compile(r"^v(\d+)$")
 
@@ -62,7 +69,7 @@ class FusionStore:
         self.root = Path(root)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> FusionStore:
+    def from_settings(cls, settings: Settings) -> FusionStore:
         return cls(settings.paths.state_dir / FUSION_DIR)
 
     def versions(self) -> list[str]:
@@ -131,7 +138,11 @@ class FusionResult:
 
 @torch.no_grad()
 def _cache(
-    peft_model: Any, tokenizer: Any, examples: Sequence[TrainingExample], max_len: int, device: Any
+    peft_model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainingExample],
+    max_len: int,
+    device: torch.device,
 ) -> list[_Cached]:
     out = []
     for example in examples:
@@ -164,8 +175,45 @@ def _loss(
     return total, count
 
 
+def _fit(
+    fusion: CrossExpertAttention,
+    head: torch.nn.Module,
+    train_items: Sequence[_Cached],
+    val_loss: Callable[[CrossExpertAttention], float],
+    start_loss: float,
+    config: TrainConfig,
+    lr: float,
+) -> tuple[float, list[dict[str, Any]]]:
+    """Train ``fusion`` with early stopping and leave it at its best held-out loss: (best loss, history)."""
+    optimizer = torch.optim.AdamW(fusion.parameters(), lr=lr, weight_decay=config.weight_decay)
+    step_size = config.batch_size * config.grad_accum
+    best, best_state, history = start_loss, {k: v.clone() for k, v in fusion.state_dict().items()}, []
+    patience_ref, bad = start_loss, 0
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(config.epochs):
+        order = torch.randperm(len(train_items), generator=generator).tolist()
+        for start in range(0, len(order), step_size):
+            batch = [train_items[i] for i in order[start : start + step_size]]
+            total, count = _loss(fusion, head, batch)
+            optimizer.zero_grad(set_to_none=True)
+            (total / max(count, 1)).backward()
+            optimizer.step()
+        loss = val_loss(fusion)
+        history.append({"epoch": epoch + 1, "val_loss": loss})
+        if loss < best:  # keep the best; patience counts only improvements of at least min_delta
+            best, best_state = loss, {k: v.clone() for k, v in fusion.state_dict().items()}
+        if loss < patience_ref - config.min_delta:
+            patience_ref, bad = loss, 0
+        else:
+            bad += 1
+            if config.early_stopping and bad >= config.patience:
+                break
+    fusion.load_state_dict(best_state)
+    return best, history
+
+
 def train_fusion(
-    loaded: Any,
+    loaded: LoadedModel,
     adapter_dirs: dict[str, Path],
     train: Sequence[TrainingExample],
     val: Sequence[TrainingExample],
@@ -209,30 +257,7 @@ def train_fusion(
         serving_loss = (
             val_loss(serving) if serving is not None and serving.hidden_size == hidden_size else None
         )
-        optimizer = torch.optim.AdamW(fusion.parameters(), lr=lr, weight_decay=config.weight_decay)
-        step_size = config.batch_size * config.grad_accum
-        best, best_state, history = average, {k: v.clone() for k, v in fusion.state_dict().items()}, []
-        patience_ref, bad = average, 0
-        generator = torch.Generator().manual_seed(config.seed)
-        for epoch in range(config.epochs):
-            order = torch.randperm(len(train_items), generator=generator).tolist()
-            for start in range(0, len(order), step_size):
-                batch = [train_items[i] for i in order[start : start + step_size]]
-                total, count = _loss(fusion, head, batch)
-                optimizer.zero_grad(set_to_none=True)
-                (total / max(count, 1)).backward()
-                optimizer.step()
-            loss = val_loss(fusion)
-            history.append({"epoch": epoch + 1, "val_loss": loss})
-            if loss < best:  # keep the best; patience counts only improvements of at least min_delta
-                best, best_state = loss, {k: v.clone() for k, v in fusion.state_dict().items()}
-            if loss < patience_ref - config.min_delta:
-                patience_ref, bad = loss, 0
-            else:
-                bad += 1
-                if config.early_stopping and bad >= config.patience:
-                    break
-        fusion.load_state_dict(best_state)
+        best, history = _fit(fusion, head, train_items, val_loss, average, config, lr)
     finally:
         loaded.model = peft_model.unload()
         loaded.model.eval()

@@ -17,16 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.api import Expert
 from training.checkpoint import resolve_checkpoint, run_dir_of
-from training.config import TrainConfig
+from training.config import TrainConfig, load_training_config
 from training.datasets import (
     ExpertDataset,
     admin_files,
@@ -36,29 +35,16 @@ from training.datasets import (
 )
 from training.distributed import is_main_process, shared_run_dir, wait_for_everyone
 from training.errors import CheckpointError, TrainingError
-from training.examples import read_examples
+from training.examples import TrainingExample, read_examples
+from training.paths import training_dir
+
+if TYPE_CHECKING:
+    from engine.model_loader import LoadedModel
+    from hexcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRAINING_DIR = "training"
-RUNS_DIR = "runs"
 SEEN_FILE = "seen.json"
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
-
-
-def training_dir(settings: Any) -> Path:
-    return settings.paths.state_dir / TRAINING_DIR
-
-
-def load_training_config(settings: Any, path: Path | str | None = None) -> TrainConfig:
-    """``path``, else ``<state_dir>/training/config.{yaml,yml,json}`` when present, else the defaults."""
-    if path is not None:
-        return TrainConfig.from_file(path)
-    for name in CONFIG_NAMES:
-        candidate = training_dir(settings) / name
-        if candidate.is_file():
-            return TrainConfig.from_file(candidate)
-    return TrainConfig()
 
 
 @dataclass(slots=True)
@@ -107,11 +93,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def new_run_dir(settings: Any, expert: str) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return training_dir(settings) / RUNS_DIR / f"{expert}-{stamp}-{uuid.uuid4().hex[:4]}"
-
-
 def _load_run(run_dir: Path) -> tuple[str, TrainConfig, ExpertDataset]:
     """The expert, config and exact data of an earlier run (what ``--resume`` continues)."""
     try:
@@ -131,14 +112,44 @@ def _load_run(run_dir: Path) -> tuple[str, TrainConfig, ExpertDataset]:
     return expert, config, ExpertDataset(expert, train, val, negatives, meta.get("dataset", {}))
 
 
+def _resumed_run(
+    resume: Path | str, expert: Expert | str | None, overrides: Mapping[str, Any] | None
+) -> tuple[Path, Path, str, TrainConfig, ExpertDataset]:
+    """(checkpoint, run dir, expert, config, data) of the run ``resume`` continues; CheckpointError when
+    ``expert`` or ``overrides`` contradict that run."""
+    checkpoint = resolve_checkpoint(resume)
+    run_dir = run_dir_of(checkpoint)
+    run_expert, config, dataset = _load_run(run_dir)
+    if expert is not None and Expert(expert).value != run_expert:
+        raise CheckpointError(f"{run_dir} trains expert {run_expert!r}, not {Expert(expert).value!r}")
+    changed = {k: v for k, v in (overrides or {}).items() if v is not None and getattr(config, k) != v}
+    if changed:
+        raise CheckpointError(
+            f"a resumed run keeps its own settings; drop {', '.join(changed)} or start a new run"
+        )
+    return checkpoint, run_dir, run_expert, config, dataset
+
+
+def _new_run(settings: Settings, expert: str, config: TrainConfig, dataset: ExpertDataset) -> Path:
+    """A new run directory (the same in every process) holding the run's data and ``run.json``."""
+    run_dir = shared_run_dir(settings, expert)
+    if is_main_process():
+        run_dir.mkdir(parents=True)
+        dataset.export(run_dir / "data")
+        record = {"expert": expert, "config": config.to_json(), "dataset": dataset.stats, "created": _now()}
+        (run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+    wait_for_everyone()
+    return run_dir
+
+
 def train_expert(
-    settings: Any,
+    settings: Settings,
     expert: Expert | str | None = None,
     *,
     config: TrainConfig | None = None,
     feedback: Iterable[Mapping[str, Any]] = (),
     resume: Path | str | None = None,
-    loaded: Any = None,
+    loaded: LoadedModel | None = None,
     promote: bool = True,
     dataset: ExpertDataset | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -152,17 +163,7 @@ def train_expert(
 
     checkpoint = None
     if resume is not None:
-        checkpoint = resolve_checkpoint(resume)
-        run_dir = run_dir_of(checkpoint)
-        run_expert, config, dataset = _load_run(run_dir)
-        if expert is not None and Expert(expert).value != run_expert:
-            raise CheckpointError(f"{run_dir} trains expert {run_expert!r}, not {Expert(expert).value!r}")
-        expert = run_expert
-        changed = {k: v for k, v in (overrides or {}).items() if v is not None and getattr(config, k) != v}
-        if changed:
-            raise CheckpointError(
-                f"a resumed run keeps its own settings; drop {', '.join(changed)} or start a new run"
-            )
+        checkpoint, run_dir, expert, config, dataset = _resumed_run(resume, expert, overrides)
     else:
         if expert is None:
             raise TrainingError("name an expert to train")
@@ -172,18 +173,7 @@ def train_expert(
         dataset = dataset or build_expert_dataset(
             settings, expert, feedback, config, tokenizer=loaded.tokenizer
         )
-        run_dir = shared_run_dir(settings, expert)
-        if is_main_process():
-            run_dir.mkdir(parents=True)
-            dataset.export(run_dir / "data")
-            record = {
-                "expert": expert,
-                "config": config.to_json(),
-                "dataset": dataset.stats,
-                "created": _now(),
-            }
-            (run_dir / "run.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
-        wait_for_everyone()
+        run_dir = _new_run(settings, expert, config, dataset)
     assert dataset is not None and config is not None
 
     started = time.perf_counter()
@@ -217,8 +207,8 @@ def train_expert(
 
 
 def validate_and_store(
-    settings: Any,
-    loaded: Any,
+    settings: Settings,
+    loaded: LoadedModel,
     expert: str,
     adapter_dir: Path,
     dataset: ExpertDataset,
@@ -301,14 +291,14 @@ def validate_and_store(
 # --- the nightly job ---------------------------------------------------------------------------------------
 
 
-def _read_seen(settings: Any) -> dict[str, list[str]]:
+def _read_seen(settings: Settings) -> dict[str, list[str]]:
     try:
         return json.loads((training_dir(settings) / SEEN_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
 
-def _write_seen(settings: Any, seen: dict[str, list[str]]) -> None:
+def _write_seen(settings: Settings, seen: dict[str, list[str]]) -> None:
     path = training_dir(settings) / SEEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -317,7 +307,7 @@ def _write_seen(settings: Any, seen: dict[str, list[str]]) -> None:
 
 
 def new_data_counts(
-    settings: Any, feedback: Sequence[Mapping[str, Any]]
+    settings: Settings, feedback: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, tuple[int, set[str]]], dict[str, str]]:
     """Per expert: how many feedback and admin examples it has not been trained on yet (and their ids);
     and, per expert, why its admin files could not be read (such an expert is not retrained)."""
@@ -337,12 +327,12 @@ def new_data_counts(
 
 
 def run_retraining(
-    settings: Any,
+    settings: Settings,
     experts: list[str] | None = None,
     feedback_examples: list[dict] | None = None,
     *,
     config: TrainConfig | None = None,
-    loaded: Any = None,
+    loaded: LoadedModel | None = None,
 ) -> RetrainReport:
     """Retrain the named experts, or every expert with at least ``settings.training.min_new_feedback`` new
     examples; validate each and promote only the better ones. Blocking (call it from a worker thread).
@@ -409,7 +399,7 @@ def run_retraining(
         lock.release()
 
 
-def _retrain_retriever(settings: Any, feedback: list[dict], threshold: int) -> dict[str, Any]:
+def _retrain_retriever(settings: Settings, feedback: list[dict], threshold: int) -> dict[str, Any]:
     """The retriever's nightly run, when enough helpful answers arrived; a failure is reported, and leaves
     the serving embedder, re-ranker and index as they were."""
     helpful = sum(1 for row in feedback if (row.get("score") or 0) > 0)
@@ -425,11 +415,11 @@ def _retrain_retriever(settings: Any, feedback: list[dict], threshold: int) -> d
 
 
 def retrain_fusion(
-    settings: Any,
+    settings: Settings,
     feedback: Iterable[Mapping[str, Any]] = (),
     *,
     config: TrainConfig | None = None,
-    loaded: Any = None,
+    loaded: LoadedModel | None = None,
     promote: bool = True,
 ) -> ExpertOutcome:
     """Train the cross-expert attention over the serving adapters; store it, and promote it if it is better."""
@@ -472,8 +462,8 @@ def retrain_fusion(
 
 
 def held_out_for(
-    settings: Any, adapter_dir: Path, expert: str | None, config: TrainConfig
-) -> tuple[str, list[Any]]:
+    settings: Settings, adapter_dir: Path, expert: str | None, config: TrainConfig
+) -> tuple[str, list[TrainingExample]]:
     """(expert, held-out examples) to validate an adapter directory on.
 
     The run's own validation split when the adapter comes from a run (``<run>/adapter``, a checkpoint, or a

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from training.retriever import (
     train_reranker,
 )
 from training.retriever_data import build_pairs, counts_by_source, split_pairs
+
+if TYPE_CHECKING:
+    from hexcore.settings import Settings
 
 log = logging.getLogger(__name__)
 VAL_SOURCES = ("example", "glossary", "card", "feedback")
@@ -89,7 +92,7 @@ def _new_encoder(model_dir: Path | None, corpus: RuleCorpus):
 
 
 def run_retriever_training(
-    settings: Any,
+    settings: Settings,
     feedback: Iterable[Mapping[str, Any]] = (),
     config: RetrieverTrainConfig | None = None,
     rebuild_index: bool = True,
@@ -211,7 +214,7 @@ class _RuleBM25:
         return [h.passage.citation.id for h in self.index.search(query, k, None)]
 
 
-def feedback_rows(settings: Any) -> list[dict]:
+def feedback_rows(settings: Settings) -> list[dict]:
     """Voted answers from the bot's feedback database (none when there is no database yet)."""
     import asyncio
 

@@ -31,10 +31,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -43,6 +43,12 @@ from training.checkpoint import clean_partial, load_checkpoint, restore_rng, sav
 from training.config import TrainConfig
 from training.errors import CheckpointError, ConfigError, NotEnoughData
 from training.examples import TrainingExample
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from peft import PeftModel
+
+    from engine.model_loader import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +73,7 @@ def resolve_precision(precision: str) -> str:
     return precision
 
 
-def make_accelerator(precision: str) -> Any:
+def make_accelerator(precision: str) -> Accelerator:
     """An ``Accelerator`` for this run. accelerate keeps process-wide state; in a single process (tests,
     the bot's nightly thread) a second run with another precision resets it instead of failing."""
     from accelerate import Accelerator
@@ -126,7 +132,7 @@ class LoraTrainer:
 
     def __init__(
         self,
-        loaded: Any,
+        loaded: LoadedModel,
         train: Sequence[TrainingExample],
         val: Sequence[TrainingExample],
         config: TrainConfig,
@@ -206,7 +212,7 @@ class LoraTrainer:
     # --- model access -------------------------------------------------------------------------------
 
     @property
-    def peft_model(self) -> Any:
+    def peft_model(self) -> PeftModel:
         return self.accelerator.unwrap_model(self.model)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
@@ -471,7 +477,7 @@ class LoraTrainer:
         self.loaded.model = base
 
 
-def _replace_dir(target: Path, write: Any) -> None:
+def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     write(tmp)
     if target.exists():

@@ -13,13 +13,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.batching import collate, encode_all, token_nll
 from training.examples import TrainingExample
 from training.promotion import PromotionDecision, decide
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from engine.model_loader import LoadedModel
 
 
 @dataclass(slots=True)
@@ -47,11 +52,11 @@ class EvalResult:
 class AdapterEvaluator:
     """Measure the base model and any number of adapter directories on the same examples."""
 
-    def __init__(self, loaded: Any, max_seq_len: int = 320, batch_size: int = 4) -> None:
+    def __init__(self, loaded: LoadedModel, max_seq_len: int = 320, batch_size: int = 4) -> None:
         self.loaded = loaded
         self.max_seq_len = max_seq_len
         self.batch_size = batch_size
-        self._peft: Any = None
+        self._peft: PeftModel | None = None
         self._names: dict[str, str] = {}
 
     def __enter__(self) -> AdapterEvaluator:
@@ -156,7 +161,7 @@ def compare(
     a: Path | str | None,
     b: Path | str | None,
     examples: Sequence[TrainingExample],
-    loaded: Any,
+    loaded: LoadedModel,
     *,
     experts: Sequence[str] | None = None,
     max_seq_len: int = 320,
@@ -213,7 +218,7 @@ class ValidationReport:
 
 
 def validate_adapter(
-    loaded: Any,
+    loaded: LoadedModel,
     candidate_dir: Path | str,
     val_examples: Sequence[TrainingExample],
     *,

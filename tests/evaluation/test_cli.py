@@ -25,13 +25,13 @@ def invoke(settings: Settings, *args: str):
 def engine_loads(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """Records every attempt to build the engine (there must be none for a bad file)."""
     calls: list[Settings] = []
-    real = evaluation.cli._engine
+    real = evaluation.cli.open_engine
 
     def spy(settings: Settings, quiet: bool):
         calls.append(settings)
         return real(settings, quiet)
 
-    monkeypatch.setattr(evaluation.cli, "_engine", spy)
+    monkeypatch.setattr(evaluation.cli, "open_engine", spy)
     return calls
 
 

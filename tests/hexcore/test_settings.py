@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hexcore.settings import BotSettings, DiscordSecrets, EngineSettings, PathSettings, default_data_dir
+from hexcore.settings import (
+    BotSettings,
+    DiscordSecrets,
+    EngineSettings,
+    PathSettings,
+    Settings,
+    default_data_dir,
+)
 
 
 def test_data_dir_defaults_to_shared_data_beside_the_project():
@@ -95,3 +102,19 @@ def test_quantization_and_admission_typos_name_the_variable(monkeypatch):
     monkeypatch.setenv("HEXCORE_ENGINE_QUANTIZATION", "int3")
     with pytest.raises(ValidationError, match="HEXCORE_ENGINE_QUANTIZATION must be one of"):
         EngineSettings()
+
+
+def test_a_misspelt_keyword_raises_instead_of_being_ignored():
+    with pytest.raises(TypeError, match="pathz"):
+        Settings(pathz=PathSettings())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="EngineSettings has no setting 'max_new_tokenz'"):
+        EngineSettings(max_new_tokenz=3)
+
+
+def test_unrelated_environment_variables_are_still_ignored(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HEXCORE_NO_SUCH_SETTING", "1")  # HEXCORE_ is also the paths section's prefix
+    monkeypatch.setenv("HEXCORE_ENGINE_NO_SUCH_SETTING", "1")
+    (tmp_path / "hexcore.env").write_text("HEXCORE_ENGINE_MAX_NEW_TOKENS=7\nHEXCORE_BOT_NOPE=1\n")
+    settings = Settings()
+    assert settings.engine.max_new_tokens == 7 and settings.paths.state_dir.is_absolute()

@@ -88,12 +88,14 @@ def knowledge_index(
     loads a real FAISS index from those real vectors, and queries are always embedded live.
     """
     from knowledge.embedding_cache import CachingEmbedder
-    from knowledge.retrieval import load_or_build
+    from knowledge.index_build import load_or_build_knowledge_index
 
     cache = getattr(request.config, "cache", None)  # absent under ``-p no:cacheprovider``
     folder = cache.mkdir("hexcore-embeddings") if cache is not None else tmp_path_factory.mktemp("embeddings")
     caching = CachingEmbedder(retrieval_embedder, folder)
-    index = load_or_build(index_settings, doc=rules_doc, cards=card_list, embedder=caching, progress=False)
+    index = load_or_build_knowledge_index(
+        index_settings, doc=rules_doc, cards=card_list, embedder=caching, progress=False
+    )
     caching.save()
     return index
 

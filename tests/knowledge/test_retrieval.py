@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from knowledge.retrieval import STAGES, FusionWeights, load_or_build, make_retriever, normalize_query
+from knowledge.index_build import load_or_build_knowledge_index, make_retriever
+from knowledge.retrieval import STAGES, FusionWeights, normalize_query
 
 pytestmark = pytest.mark.slow
 
@@ -160,7 +161,7 @@ def test_saved_index_is_reused_and_retriever_built_from_settings(
     index_settings, knowledge_index, rules_doc, card_list, retrieval_embedder
 ) -> None:
     # The session state dir holds the index now (built by whichever test needed it first): reused, not rebuilt.
-    again = load_or_build(
+    again = load_or_build_knowledge_index(
         index_settings, doc=rules_doc, cards=card_list, embedder=retrieval_embedder, progress=False
     )
     assert not again.rebuilt and again.vectors.digest == knowledge_index.vectors.digest

@@ -13,7 +13,7 @@ import pytest
 from knowledge.errors import StaleIndex
 from knowledge.models import Citation, Passage
 from knowledge.passages import passages_digest, rule_passages
-from knowledge.vector_index import FORMAT_VERSION, MANIFEST, VectorIndex, load_or_build
+from knowledge.vector_index import FORMAT_VERSION, MANIFEST, VectorIndex, load_or_build_vector_index
 
 DIM = 16
 
@@ -160,27 +160,27 @@ def test_search_during_add_from_another_thread() -> None:
     assert sizes == sorted(sizes)  # never saw a shrinking or half-swapped index
 
 
-def test_load_or_build_reuses_matching_index_and_rebuilds_stale(
+def test_load_or_build_vector_index_reuses_matching_index_and_rebuilds_stale(
     tmp_path: Path, rules_doc, retrieval_embedder
 ) -> None:
     passages = rule_passages(rules_doc)[:12]
     texts = [p.text for p in passages]
-    index, rebuilt = load_or_build(
+    index, rebuilt = load_or_build_vector_index(
         tmp_path / "v", passages, texts, retrieval_embedder, "2026-01-16", progress=False
     )
     assert rebuilt and len(index) == 12 and index.dim == retrieval_embedder.dim
-    again, rebuilt = load_or_build(
+    again, rebuilt = load_or_build_vector_index(
         tmp_path / "v", passages, texts, retrieval_embedder, "2026-01-16", progress=False
     )
     assert not rebuilt and again.digest == index.digest
     hit = again.search(retrieval_embedder.encode_one(texts[5]), k=1)[0]
     assert hit.passage.key == passages[5].key
     changed = [*passages[:-1], replace(passages[-1], text="changed")]
-    _, rebuilt = load_or_build(
+    _, rebuilt = load_or_build_vector_index(
         tmp_path / "v", changed, [*texts[:-1], "changed"], retrieval_embedder, "2026-01-16", progress=False
     )
     assert rebuilt
-    _, rebuilt = load_or_build(
+    _, rebuilt = load_or_build_vector_index(
         tmp_path / "v", passages, texts, retrieval_embedder, "2025-11-14", progress=False
     )
     assert rebuilt

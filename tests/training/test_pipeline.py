@@ -16,7 +16,8 @@ from engine.adapter_store import AdapterStore
 from hexcore.settings import PathSettings, Settings, TrainingSettings
 from training.config import TrainConfig
 from training.datasets import build_expert_dataset
-from training.pipeline import run_retraining, train_expert, training_dir, validate_and_store
+from training.paths import training_dir
+from training.pipeline import run_retraining, train_expert, validate_and_store
 
 
 def _settings(tmp_path: Path, data_dir: Path, **training: Any) -> Settings:
