@@ -1,7 +1,7 @@
 """Bot under load: N concurrent slash commands through the real bot, a fake Discord and a fake engine.
 
 Every interaction is a real ``discord.Interaction`` dispatched through the command tree (the test
-harness, ``tests/bot/harness.py``); the engine is the fake one from ``tests/bot/fake_engine.py`` (real
+harness, ``tests/bot/harness/``); the engine is the fake one from ``tests/bot/fake_engine.py`` (real
 rules data, no model) with a random delay per request and a bounded queue that refuses work when full,
 as the real engine does. Feedback goes into a real SQLite file through ``bot.storage.FeedbackStore``.
 

@@ -1,6 +1,6 @@
 """The bot on the real engine: ``/explain`` answers with real citations, ``/rule`` quotes the rules.
 
-The same fake Discord as the other bot tests (tests/bot/harness.py), but ``LocalEngine`` on the embedded
+The same fake Discord as the other bot tests (tests/bot/harness/), but ``LocalEngine`` on the embedded
 default instead of the fake engine: real retrieval, real SmolLM2 with its expert adapters. One engine per
 module; answers capped at 24 new tokens.
 """
