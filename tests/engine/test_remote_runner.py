@@ -8,7 +8,6 @@ the same answers without the model, the same per-request failures (a bug in one 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,23 +16,17 @@ import pytest
 from engine.api import Answer, AnswerRequest, Expert, LeadFound, TokenDelta
 from engine.conversations import ConversationStore
 from engine.errors import GenerationError, InvalidRequest
-from engine.pipeline import AnswerPipeline, RequestRecord, validate_request
+from engine.pipeline import AnswerPipeline, RequestRecord
 from engine.remote import RemoteBackend
 from engine.remote_runner import RemoteRunner
-from engine.streaming import RequestStream, WorkItem
 from hexcore.settings import EngineSettings, Settings
 from tests.engine.scripted_server import ScriptedServer, running_server
+from tests.engine.work_items import drain, items_for
 
 pytestmark = pytest.mark.slow  # loads the real knowledge base
 
 TRAMPLE = "How does trample work when the blocker dies?"
 BOARD = "A 6/6 trampler is blocked by a 3/3, how much damage do I take?"
-
-
-class Payload:
-    def __init__(self, request: AnswerRequest) -> None:
-        self.request = request
-        self.submitted_at = time.perf_counter()
 
 
 @pytest.fixture(scope="module")
@@ -70,22 +63,6 @@ def runner(
     made = RemoteRunner(pipeline, backend, ConversationStore(8, 600.0), on_record=records.append)
     yield made, records
     made.close()
-
-
-def items_for(*requests: AnswerRequest) -> list[WorkItem]:
-    loop = asyncio.get_running_loop()
-    return [WorkItem(Payload(validate_request(r, 12)), loop) for r in requests]
-
-
-async def drain(item: WorkItem) -> tuple[list[Any], Any]:
-    events: list[Any] = []
-    stream = RequestStream(item)
-    try:
-        async for event in stream:
-            events.append(event)
-    except BaseException as exc:  # noqa: BLE001 - the item's error is what the test looks at
-        return events, exc
-    return events, stream.result
 
 
 async def test_the_lead_comes_first_and_the_best_expert_is_asked(runner, server: ScriptedServer) -> None:

@@ -8,8 +8,6 @@ conversation and KV cache kept for the next turn.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,22 +20,16 @@ from engine.api import Answer, AnswerRequest, Expert, LeadFound, TokenDelta
 from engine.conversations import ConversationStore
 from engine.errors import AdapterError, GenerationError
 from engine.fusion import CrossExpertAttention
-from engine.pipeline import AnswerPipeline, RequestRecord, validate_request
+from engine.pipeline import AnswerPipeline, RequestRecord
 from engine.runner import BatchRunner
 from engine.sessions import SessionStore
-from engine.streaming import RequestStream, WorkItem
 from hexcore.settings import Settings
+from tests.engine.work_items import drain, items_for
 
 pytestmark = pytest.mark.slow  # loads the real knowledge base
 
 TRAMPLE = "How does trample work when the blocker dies?"
 BOARD = "A 6/6 trampler is blocked by a 3/3, how much damage do I take?"
-
-
-class Payload:
-    def __init__(self, request: AnswerRequest) -> None:
-        self.request = request
-        self.submitted_at = time.perf_counter()
 
 
 @pytest.fixture(scope="module")
@@ -82,23 +74,6 @@ def make_runner(
     for runner in made:
         runner.close()
         runner.registry.close()
-
-
-def items_for(*requests: AnswerRequest) -> list[WorkItem]:
-    loop = asyncio.get_running_loop()
-    return [WorkItem(Payload(validate_request(r, 12)), loop) for r in requests]
-
-
-async def drain(item: WorkItem) -> tuple[list[Any], Answer | BaseException]:
-    """Everything the item's consumer sees: its events, then the answer or the error."""
-    events: list[Any] = []
-    stream = RequestStream(item)
-    try:
-        async for event in stream:
-            events.append(event)
-    except BaseException as exc:  # noqa: BLE001 - the item's error is what the test looks at
-        return events, exc
-    return events, stream.result
 
 
 async def test_each_item_is_answered_on_its_own_the_lead_first(make_runner) -> None:
