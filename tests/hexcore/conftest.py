@@ -17,8 +17,8 @@ from tests.reliability import CASES, EXITS
 SETTINGS_PREFIXES = ("HEXCORE_", "DISCORD_TOKEN")
 
 SLOW_LOADS = {
-    "engine.cli": "_engine",
-    "evaluation.cli": "_engine",
+    "engine.cli": "open_engine",
+    "evaluation.cli": "open_engine",
     "engine.model_loader": "load_base_model",
     "engine.router": "train_router",
     "bot.cli": "run_bot",

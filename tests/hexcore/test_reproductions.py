@@ -165,7 +165,7 @@ def test_8_eval_retrieval_with_nothing_to_score_fails(
 def test_9_empty_question_is_refused_before_the_model_loads(
     hexcore: Hexcore, monkeypatch: pytest.MonkeyPatch, question: str
 ) -> None:
-    _forbid(monkeypatch, "engine.cli", "_engine")
+    _forbid(monkeypatch, "engine.cli", "open_engine")
     result = hexcore("ask", question)
     assert_clean(result, codes=(2,))
     assert "Please ask a question" in result.stderr
