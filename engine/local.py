@@ -13,8 +13,9 @@ in ``<state_dir>/fusion``). A request with a ``session_id`` keeps its conversati
 and its KV cache, so the next turn prefills only the new message.
 
 The knowledge base, router and conversations survive a worker restart (they are not what crashed); the
-model, adapters, KV sessions and generator are rebuilt. The batch work itself is
-``engine.runner.BatchRunner``. Lookups (``rule``, ``card``, ``autocomplete_*``) are dictionary work on the
+model, adapters, KV sessions and generator are rebuilt. The batch work itself is a runner
+(``engine.runner_core.EngineRunner``): ``engine.runner.BatchRunner`` on the model in-process, or
+``engine.remote_runner.RemoteRunner`` on a remote server, both around the one ``RunnerCore``. Lookups (``rule``, ``card``, ``autocomplete_*``) are dictionary work on the
 loaded knowledge base and are safe to call from the event loop.
 
 Threads: on CPU the model uses all cores but one unless ``HEXCORE_ENGINE_THREADS`` says otherwise; two

@@ -1,20 +1,21 @@
-"""The grounded answer pipeline: route -> retrieve -> assemble -> prompt -> generate, then cite and guard.
+"""The grounded answer pipeline: route -> plan experts -> sources -> assemble -> prompt, then guard and check.
 
-:meth:`AnswerPipeline.prepare` turns an :class:`~engine.api.AnswerRequest` into a :class:`Turn`: the experts
-(the request's own, or the router's choice), the retrieved passages assembled whole under the context token
-budget (counted with the model's real tokenizer), and the expert's chat prompt as token ids.
-:class:`engine.runner.BatchRunner` (the engine worker's runner) generates many turns together: one-expert
-turns in one mixed-adapter generator batch, several-expert turns by cross-expert attention (``engine.fusion``).
-:meth:`AnswerPipeline.finish` turns the generated text into the :class:`~engine.api.Answer`: it cites exactly
-the passages placed in the prompt (rule numbers with their rules release, card names), carries those passages
-in full for the bot to quote verbatim, and runs the grounding guard (``engine.grounding``) so the text cites no
-rule it was not given; the streamed deltas pass through the same guard.
+:meth:`AnswerPipeline.prepare` turns an :class:`~engine.api.AnswerRequest` into a :class:`Turn`, top-down: the
+experts (the request's own, or the router's choice), which of them answer with which adapters (the runner's
+planner over ``engine.experts.plan_experts``), the sources (the rules calculator's for a board it understood,
+else the retrieved passages and the lead that decides the question), those passages assembled whole under the
+context token budget (counted with the model's real tokenizer), and the expert's chat prompt as token ids.
+The runners (``engine.runner_core``) generate the turn's text; :meth:`AnswerPipeline.finish` turns it into the
+:class:`~engine.api.Answer`: it cites exactly the passages placed in the prompt (rule numbers with their rules
+release, card names), carries those passages in full for the bot to quote verbatim, runs the grounding guard
+(``engine.grounding``) so the text cites no rule it was not given, and shows the prose only when the support
+check (``engine.support``) finds every sentence backed by the quoted sources.
 
-The answer must be right even though a 135M model writes weak prose: the passages carry it. So when the
-guarded text is empty the answer says to read the quoted passages rather than inventing anything.
+The answer must be right even though a 135M model writes weak prose: the lead and the passages carry it.
 
 Multi-turn: a session's earlier turns are repeated verbatim in the next prompt (the history is kept by the
-caller, ``engine.conversations.ConversationStore``), so the generator's KV-cache session only prefills the new message.
+caller, ``engine.conversations.ConversationStore``), so the generator's KV-cache session only prefills the new
+message.
 """
 
 from __future__ import annotations
