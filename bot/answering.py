@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import discord
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 from bot import formatting, limits
 from bot.errors import send_ephemeral
@@ -92,6 +92,9 @@ class AnswerService:
         """Answer message id -> what was asked, for opening threads on it."""
         self.sessions: LRUCache[int, str] = LRUCache(THREADS_KEPT)
         """Thread id -> engine session id, for threads the bot opened."""
+        self.threads_enabled = False
+        """Whether follow-ups in threads are answered: set by the threads cog while it is loaded (an extension
+        may fail to load), so no thread is opened whose questions nobody would answer."""
 
     # ------------------------------------------------------------------------------- admission
 
@@ -212,8 +215,9 @@ class AnswerService:
             return f"interaction-{interaction.id}"
 
     def forget_user(self, user_id: int) -> None:
-        """Drop the remembered answers of this user (``/forgetme``)."""
-        for key in [k for k, r in list(self.records.items()) if r.user_id == user_id]:
+        """Drop the remembered answers of this user (``/forgetme``), leaving the others' recency as it was."""
+        peek = Cache.__getitem__  # reads without refreshing the LRU order (LRUCache.__getitem__ does)
+        for key in [k for k in list(self.records) if peek(self.records, k).user_id == user_id]:
             del self.records[key]
 
     # ---------------------------------------------------------------------------------- threads
@@ -242,6 +246,9 @@ class AnswerService:
 
     async def open_thread(self, interaction: discord.Interaction) -> None:
         """The answer's "Open thread" button: a thread on the answer message, continuing its session."""
+        if not self.threads_enabled:
+            await send_ephemeral(interaction, "Follow-up threads are not available right now.")
+            return
         message = interaction.message
         if message is None or not isinstance(interaction.channel, discord.TextChannel):
             await send_ephemeral(

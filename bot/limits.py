@@ -100,6 +100,8 @@ class UserGate:
 
     def try_acquire(self, user_id: int) -> Rejection | None:
         """Reserve the user's slot; ``None`` on success (call :meth:`release` when done)."""
+        # discord.py's Cooldown reads ``current or time.time()``: a clock at exactly 0.0 would mix in wall time
+        # (SystemClock's monotonic never is; the tests' clock starts at 1000).
         now = self.clock.monotonic()
         bucket = self._cooldowns.get_bucket(user_id, now)
         assert bucket is not None  # a keyed mapping always has one

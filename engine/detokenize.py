@@ -98,3 +98,9 @@ def cut_repeated_tail(text: str, repeated: str) -> str:
     body = body[: len(body) - len(run)]
     ends = [m.end() for m in _SENTENCE_END.finditer(body)]
     return body[: ends[-1]].rstrip() if ends else text
+
+
+def without_loop(tokenizer: PreTrainedTokenizerBase, text: str, ids: Sequence[int], n: int) -> str:
+    """``text`` shown without the loop that stopped it: the last ``n`` generated ``ids`` (the repeated
+    n-gram, see :class:`RepetitionStop`) decoded, then cut with :func:`cut_repeated_tail`."""
+    return cut_repeated_tail(text, decode_text(tokenizer, ids[-n:]))

@@ -12,6 +12,7 @@ import time
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+from engine.detokenize import without_loop
 from engine.errors import AdapterError, GenerationError
 from engine.runner_core import Generated, Prepared
 
@@ -59,8 +60,6 @@ class _FusedTokens:
         return not self.prepared.item.cancelled
 
     def generated(self, started: float, names: list[str]) -> Generated:
-        from engine.generation import cut_repeated_tail, decode_text
-
         tail = self.detok.finish()
         if tail:
             self.prepared.stream.feed(tail)
@@ -71,7 +70,7 @@ class _FusedTokens:
         shown = None
         if self.looped:
             reason = "repetition"
-            shown = cut_repeated_tail(detok.text, decode_text(self.tokenizer, detok.ids[-self.loop.n :]))
+            shown = without_loop(self.tokenizer, detok.text, detok.ids, self.loop.n)
         return Generated(
             detok.text,
             reason,

@@ -15,8 +15,9 @@ and its KV cache, so the next turn prefills only the new message.
 The knowledge base, router and conversations survive a worker restart (they are not what crashed); the
 model, adapters, KV sessions and generator are rebuilt. The batch work itself is a runner
 (``engine.runner_core.EngineRunner``): ``engine.runner.BatchRunner`` on the model in-process, or
-``engine.remote_runner.RemoteRunner`` on a remote server, both around the one ``RunnerCore``. Lookups (``rule``, ``card``, ``autocomplete_*``) are dictionary work on the
-loaded knowledge base and are safe to call from the event loop.
+``engine.remote_runner.RemoteRunner`` on a remote server, both around the one ``RunnerCore``. Lookups
+(``rule``, ``card``, ``autocomplete_*``) are dictionary work on the loaded knowledge base and are safe to call
+from the event loop.
 
 Threads: on CPU the model uses all cores but one unless ``HEXCORE_ENGINE_THREADS`` says otherwise; two
 OpenMP threads competing for two busy cores made decoding several times slower (docs/BENCHMARKS.md, "Ask").
@@ -165,7 +166,6 @@ class LocalEngine:
         await asyncio.to_thread(self.conversations.end, session_id)  # a disk write: off the loop
         runner = self._runner
         if runner is not None:
-            runner.pipeline.scenarios.end(session_id)
             runner.end_session(session_id)
 
     # ------------------------------------------------------------------------------------ status

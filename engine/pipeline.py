@@ -235,12 +235,16 @@ class AnswerPipeline:
         history: Sequence[Message] = (),
         submitted_at: float | None = None,
         planner: Planner = serve_all,
+        timings: dict[str, float] | None = None,
     ) -> Turn:
         """Route, plan the experts (``planner``: the runner's, it knows what it serves), find the sources
-        (the calculator, else retrieval and the lead), assemble them and build the prompt for one request."""
+        (the calculator, else retrieval and the lead), assemble them and build the prompt for one request.
+
+        ``timings``: the stages the caller already timed (the runner core: queue, history); else the queue
+        time is taken from ``submitted_at`` now."""
         submitted_at = time.perf_counter() if submitted_at is None else submitted_at
-        clock = time.perf_counter()
-        timings = {"queue": (clock - submitted_at) * 1000}
+        timings = dict(timings or {})
+        timings.setdefault("queue", (time.perf_counter() - submitted_at) * 1000)
         routing = self.route(request)
         timings["route"] = routing.ms
         clock = time.perf_counter()
@@ -293,12 +297,8 @@ class AnswerPipeline:
             clock = _lap(timings, "retrieve", clock)
             lead = self.find_lead(query, results)
         _lap(timings, "lead", clock)
-        if lead is None:
-            return (
-                [],
-                None,
-                calculated,
-            )  # nothing is about the question: quote nothing rather than unrelated rules
+        if lead is None:  # nothing is about the question: quote nothing rather than unrelated rules
+            return [], None, calculated
         # The deciding rule goes first in the prompt, as in the answer.
         return sorted(results, key=lambda r: r.passage.key != lead.passage.key), lead, calculated
 

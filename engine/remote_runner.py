@@ -76,7 +76,8 @@ class RemoteRunner:
         return {}
 
     def end_session(self, session_id: str) -> None:
-        """Nothing kept here per conversation: the server's prefix cache reuses the shared prefix."""
+        """No KV cache is kept here (the server's prefix cache reuses the shared prefix): only the core's."""
+        self.core.end_session(session_id)
 
     def close(self) -> None:
         self.backend.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.api import AnswerRequest, Expert
+from engine.detokenize import without_loop
 from engine.errors import AdapterError
 from engine.experts import ExpertPlan, Routing, plan_experts
 from engine.fused_turn import run_fused
@@ -119,6 +120,7 @@ class BatchRunner:
         return dict(self.unavailable)
 
     def end_session(self, session_id: str) -> None:
+        self.core.end_session(session_id)
         self.sessions.end(session_id)
 
     def close(self) -> None:
@@ -182,10 +184,8 @@ class BatchRunner:
                 for p in prepared:
                     try:
                         (name,) = adapters_held.enter_context(self.registry.use(p.turn.adapters[:1]))
-                    except (
-                        AdapterError
-                    ) as exc:  # vanished since it was planned (a failed swap): this one only
-                        p.item.fail(exc)
+                    except AdapterError as exc:
+                        p.item.fail(exc)  # vanished since it was planned (a failed swap): this one only
                         continue
                     jobs.append(self._job(p, name))
                 return jobs
@@ -194,10 +194,8 @@ class BatchRunner:
                 prepared = self._prepare(admit(free))  # type: ignore[misc]
                 fused.extend(p for p in prepared if len(p.turn.adapters) > 1)
                 singles = [p for p in prepared if len(p.turn.adapters) == 1]
-                if (
-                    self.registry.model_generation != generation
-                ):  # a first adapter wrapped the model: next batch
-                    later.extend(singles)
+                if self.registry.model_generation != generation:
+                    later.extend(singles)  # a first adapter wrapped the model in peft: the next batch
                     return []
                 return jobs_for(singles)
 
@@ -208,7 +206,7 @@ class BatchRunner:
             self._run_batch(later, admit, fused)
 
     def _job(self, prepared: Prepared, adapter: str) -> GenJob:
-        from engine.generation import GenJob, cut_repeated_tail, decode_text
+        from engine.generation import GenJob
 
         turn, stream = prepared.turn, prepared.stream
         pieces: list[str] = []
@@ -221,9 +219,7 @@ class BatchRunner:
             text = "".join(pieces)
             shown = None
             if stats.finish_reason == "repetition":  # the answer looped: show it without the loop
-                shown = cut_repeated_tail(
-                    text, decode_text(self.loaded.tokenizer, ids[-self.stop_on_repeat :])
-                )
+                shown = without_loop(self.loaded.tokenizer, text, ids, self.stop_on_repeat)
             generated = Generated(
                 text,
                 stats.finish_reason,

@@ -19,6 +19,7 @@ or a bug) fails that request with a clear error and never the others or the work
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 class EngineRunner(Protocol):
     """What ``LocalEngine`` asks of its runner, local or remote (and the worker's ``Runner``: ``run``)."""
 
-    core: RunnerCore
-
     @property
     def pipeline(self) -> AnswerPipeline: ...
 
@@ -63,7 +62,9 @@ class EngineRunner(Protocol):
 
     def adapter_stats(self) -> dict[str, Any] | None: ...
 
-    def end_session(self, session_id: str) -> None: ...
+    def end_session(self, session_id: str) -> None:
+        """Forget what this runner keeps of a conversation (``RunnerCore.end_session``, and its own)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -146,15 +147,22 @@ class RunnerCore:
         if item.cancelled:
             return None  # the worker settles it as cancelled
         with failing(item, "preparing the answer"):
-            request = item.payload.request
-            history = self.conversations.get(request.session_id)
-            turn = self.pipeline.prepare(request, history, item.payload.submitted_at, self.planner)
+            request, submitted_at = item.payload.request, item.payload.submitted_at
+            clock = time.perf_counter()
+            timings = {"queue": (clock - submitted_at) * 1000}
+            history = self.conversations.get(request.session_id)  # a SQLite read for the bot's threads
+            timings["history"] = (time.perf_counter() - clock) * 1000
+            turn = self.pipeline.prepare(request, history, submitted_at, self.planner, timings)
             if not turn.generates:  # the calculator answered, or nothing relevant was found: no model needed
                 self.settle(Prepared(item, turn, TurnStream(item, turn)), Generated.without_model(turn))
                 return None
             item.emit(LeadFound(turn.lead))  # what the user reads first, while the model writes
             return Prepared(item, turn, TurnStream(item, turn))
         return None
+
+    def end_session(self, session_id: str) -> None:
+        """Forget the conversation's calculator scenario (its history is the caller's store to end)."""
+        self.pipeline.scenarios.end(session_id)
 
     def settle(self, prepared: Prepared, generated: Generated) -> None:
         """Answer the request: the guard's tail, then the checked answer; the conversation keeps the raw text."""

@@ -103,9 +103,11 @@ class LeadSelector:
     def __init__(self, encode: Encoder, *, candidates: int = CANDIDATES, cache_size: int = 4096) -> None:
         self.encode = encode
         self.candidates = candidates
+        # A passage's sentence spans and vectors, by passage key; cache_size=0 keeps nothing.
         self._cache: cachetools.LRUCache[str, tuple[list[tuple[int, int]], np.ndarray]] = cachetools.LRUCache(
-            cache_size
+            max(1, cache_size)
         )
+        self._caching = cache_size > 0
         self._lock = threading.Lock()
 
     def select(self, question: str, results: Sequence[RetrievalResult], ranked: bool = True) -> Lead | None:
@@ -145,6 +147,7 @@ class LeadSelector:
         prefix = f"{passage.title}: " if passage.title else ""
         vectors = self.encode([prefix + passage.text[s:e] for s, e in spans])
         entry = (spans, np.asarray(vectors, dtype=np.float32))
-        with self._lock:
-            self._cache[passage.key] = entry
+        if self._caching:
+            with self._lock:
+                self._cache[passage.key] = entry
         return entry

@@ -23,6 +23,12 @@ class Threads(commands.Cog):
     def __init__(self, bot: HexcoreBot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.bot.answers.threads_enabled = True
+
+    async def cog_unload(self) -> None:
+        self.bot.answers.threads_enabled = False
+
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         if message.author.bot or not isinstance(message.channel, discord.Thread):

@@ -6,6 +6,7 @@ import sqlite3
 
 import discord
 import pytest
+from cachetools import LRUCache
 
 from bot import limits, views
 from bot.answering import AnswerRecord, AnswerService, Where
@@ -121,6 +122,17 @@ async def test_forget_user_drops_only_that_users_records(harness):
     assert len(answers.records) == 3
     answers.forget_user(harness.members[0].id)
     assert [r.user_id for r in answers.records.values()] == [harness.members[1].id]
+
+
+async def test_forgetting_a_user_keeps_the_others_recency(harness):
+    answers = service(harness)
+    answers.records = LRUCache(2)
+    answers.records[1] = AnswerRecord("1", "1", "old question", user_id=10)
+    answers.records[2] = AnswerRecord("2", "2", "newer question", user_id=20)
+    assert answers.records[1].question == "old question"  # used again: now the most recent
+    answers.forget_user(30)
+    answers.records[3] = AnswerRecord("3", "3", "newest question", user_id=30)
+    assert sorted(answers.records) == [1, 3]  # the least recently used (2) made room, not 1
 
 
 async def test_sessions_of_threads_the_bot_opened(harness, engine):

@@ -113,3 +113,11 @@ async def test_thread_deleted_mid_stream_aborts_the_follow_up(harness, engine):
     await harness.message("And then?", channel=thread)
     assert engine.cancelled == [engine.requests[-1]]
     assert harness.errors.records == []
+
+
+async def test_without_the_threads_cog_no_thread_is_opened(harness):
+    await harness.bot.remove_cog("Threads")  # as when the extension failed to load
+    answer = await harness.slash("ask", question=QUESTION)
+    click = await harness.click(answer.original, views.THREAD_ID)
+    assert click.ephemeral_text() == "Follow-up threads are not available right now."
+    assert harness.guild.get_thread(answer.original.id) is None

@@ -86,6 +86,9 @@ async def test_a_board_question_never_reaches_the_server(runner, server: Scripte
     assert events == [] and answer.verdict == "You take 3 damage."
     assert server.requests == [] and records[0].finish_reason == "calculator"
     assert "You take 3 damage." in remote.core.conversations.get("b1")[-1]["content"]
+    assert remote.pipeline.scenarios.get("b1") is not None  # a follow-up in the thread may change the board
+    remote.end_session("b1")
+    assert remote.pipeline.scenarios.get("b1") is None
 
 
 async def test_failures_stay_with_their_request(runner, server: ScriptedServer, monkeypatch) -> None:

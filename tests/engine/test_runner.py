@@ -83,6 +83,7 @@ async def test_each_item_is_answered_on_its_own_the_lead_first(make_runner) -> N
     events, answer = await drain(rules)
     assert isinstance(events[0], LeadFound) and isinstance(answer, Answer)
     assert answer.lead is not None and answer.lead.passage.citation.id.startswith("702.19")
+    assert {"queue", "history", "route", "adapters", "retrieve", "lead", "assemble"} <= set(answer.timings_ms)
     assert all(isinstance(e, TokenDelta) for e in events[1:])
     board_events, board_answer = await drain(board)
     assert board_events == [] and isinstance(board_answer, Answer)  # the calculator: no model, no wait

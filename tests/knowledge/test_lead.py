@@ -120,3 +120,20 @@ def test_sentence_embeddings_are_cached_per_passage() -> None:
     selector.select("q", results(rule("702.19d", TRAMPLE_D)))
     selector.select("q", results(passage))  # evicted (capacity 1): encoded again
     assert calls[-1] == 3
+
+
+def test_cache_size_zero_keeps_nothing() -> None:
+    calls: list[int] = []
+
+    def encode(texts):
+        import numpy as np
+
+        calls.append(len(texts))
+        return np.ones((len(texts), 4), dtype=np.float32) / 2
+
+    selector = LeadSelector(encode, cache_size=0)
+    passage = rule("702.2c", DEATHTOUCH_C)
+    first = selector.select("q", results(passage))
+    again = selector.select("q", results(passage))
+    assert calls == [1, 3, 1, 3]  # the passage's sentences are encoded each time
+    assert first is not None and again is not None and first.sentence == again.sentence
