@@ -153,11 +153,12 @@ class RunnerCore:
             history = self.conversations.get(request.session_id)  # a SQLite read for the bot's threads
             timings["history"] = (time.perf_counter() - clock) * 1000
             turn = self.pipeline.prepare(request, history, submitted_at, self.planner, timings)
+            prepared = Prepared(item, turn, TurnStream(item, turn))
             if not turn.generates:  # the calculator answered, or nothing relevant was found: no model needed
-                self.settle(Prepared(item, turn, TurnStream(item, turn)), Generated.without_model(turn))
+                self.settle(prepared, Generated.without_model(turn))
                 return None
             item.emit(LeadFound(turn.lead))  # what the user reads first, while the model writes
-            return Prepared(item, turn, TurnStream(item, turn))
+            return prepared
         return None
 
     def end_session(self, session_id: str) -> None:
