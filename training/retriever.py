@@ -21,10 +21,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from knowledge.embeddings import embedded_model_path
 from knowledge.models import RulesDocument
 from knowledge.passages import index_text, rule_passages
 from training.retriever_data import RetrieverPair, family
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -150,28 +153,48 @@ def train_embedder(
         data[i : i + config.batch_size] for i in range(0, len(data), config.batch_size)
     ] * config.epochs
     batches = [b for b in batches if len(b) >= 2]
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    schedule = _warmup_linear(optimizer, len(batches))
-    start, losses = time.perf_counter(), []
-    for step, batch in enumerate(batches):
-        if should_stop():
-            raise KeyboardInterrupt
+
+    def loss_of(batch: list[RetrieverPair]) -> torch.Tensor:
         queries = _embed(model, [p.query for p in batch])
         docs = _embed(model, [corpus.text(p.rule) for p in batch])
         scores = queries @ docs.T * 20.0  # scale 20: MultipleNegativesRankingLoss' default
         same = torch.tensor([[family(a.rule) == family(b.rule) for b in batch] for a in batch])
         scores = scores.masked_fill(same & ~torch.eye(len(batch), dtype=torch.bool), -1e4)
-        loss = torch.nn.functional.cross_entropy(scores, torch.arange(len(batch)))
+        return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch)))
+
+    summary = _optimize("embedder", batches, model.parameters(), config.lr, loss_of, should_stop)
+    model.eval()
+    model.save(str(out_dir))
+    return {"pairs": len(data), **summary}
+
+
+def _optimize(
+    name: str,
+    batches: Sequence[Any],
+    parameters: Iterable[torch.nn.Parameter],
+    lr: float,
+    loss_of: Callable[[Any], torch.Tensor],
+    should_stop: Callable[[], bool],
+) -> dict[str, Any]:
+    """One pass over ``batches``: AdamW with linear warm-up and decay, gradients clipped to norm 1, a log
+    line every 10 steps; ``should_stop()`` ends it with ``KeyboardInterrupt`` (a checkpointless run)."""
+    import torch
+
+    trained = [p for p in parameters if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=lr)
+    schedule = _warmup_linear(optimizer, len(batches))
+    start, losses = time.perf_counter(), []
+    for step, batch in enumerate(batches):
+        if should_stop():
+            raise KeyboardInterrupt
+        loss = loss_of(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimizer.step(), schedule.step(), optimizer.zero_grad()
         losses.append(loss.item())
         if step % 10 == 0:
-            log.info("embedder step %d/%d loss %.3f", step + 1, len(batches), losses[-1])
-    model.eval()
-    model.save(str(out_dir))
+            log.info("%s step %d/%d loss %.3f", name, step + 1, len(batches), losses[-1])
     return {
-        "pairs": len(data),
         "steps": len(batches),
         "seconds": round(time.perf_counter() - start, 1),
         "loss_first": _mean(losses[:10]),
@@ -252,32 +275,19 @@ def train_reranker(
     encoder.model.train()
     groups = [(p, list(n)) for p, n in zip(pairs, negatives, strict=True) if n][: config.reranker_groups]
     batches = [groups[i : i + config.reranker_batch] for i in range(0, len(groups), config.reranker_batch)]
-    optimizer = torch.optim.AdamW(encoder.model.parameters(), lr=config.reranker_lr)
-    schedule = _warmup_linear(optimizer, len(batches))
-    start, losses = time.perf_counter(), []
-    for step, batch in enumerate(batches):
-        if should_stop():
-            raise KeyboardInterrupt
+
+    def loss_of(batch: list[tuple[RetrieverPair, list[str]]]) -> torch.Tensor:
         width = 1 + min(len(n) for _, n in batch)
         queries = [p.query for p, n in batch for _ in range(width)]
         texts = [corpus.text(r) for p, n in batch for r in [p.rule, *n[: width - 1]]]
         logits = encoder.logits(queries, texts).view(len(batch), width)
-        loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), 1.0)
-        optimizer.step(), schedule.step(), optimizer.zero_grad()
-        losses.append(loss.item())
-        if step % 10 == 0:
-            log.info("reranker step %d/%d loss %.3f", step + 1, len(batches), losses[-1])
+        return torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
+
+    params = encoder.model.parameters()
+    summary = _optimize("reranker", batches, params, config.reranker_lr, loss_of, should_stop)
     encoder.model.eval()
     encoder.save(out_dir)
-    return {
-        "groups": len(groups),
-        "steps": len(batches),
-        "seconds": round(time.perf_counter() - start, 1),
-        "loss_first": _mean(losses[:10]),
-        "loss_last": _mean(losses[-10:]),
-    }
+    return {"groups": len(groups), **summary}
 
 
 def rerank_metrics(score, pairs: Sequence[RetrieverPair], candidates: Sequence[Sequence[str]]) -> dict:
