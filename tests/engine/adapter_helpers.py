@@ -45,6 +45,21 @@ def logits(registry: AdapterRegistry, names: list[str], ids: torch.Tensor = PROM
         return registry.model(input_ids=batch, adapter_names=list(names)).logits
 
 
+def greedy(
+    registry: AdapterRegistry, names: list[str], prompt: torch.Tensor, max_new_tokens: int
+) -> torch.Tensor:
+    """Greedy ``generate`` of ``prompt`` (one row per adapter name) on the registry's model."""
+    with torch.inference_mode():
+        return registry.model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            adapter_names=names,
+            pad_token_id=registry.loaded.tokenizer.pad_token_id,
+        )
+
+
 def adapter_names(registry: AdapterRegistry) -> dict[Expert, str]:
     """Expert -> internal adapter name of the loaded, not retired, adapters (read from ``stats``)."""
     return {

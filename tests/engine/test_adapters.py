@@ -26,7 +26,7 @@ from engine.adapters import BASE_ADAPTER, AdapterRegistry
 from engine.api import Expert
 from engine.errors import AdapterError
 from engine.model_loader import LoadedModel
-from tests.engine.adapter_helpers import PROMPT, logits, save_adapter
+from tests.engine.adapter_helpers import PROMPT, greedy, logits, save_adapter
 
 
 def test_initial_adapters_serve_base_outputs(
@@ -298,16 +298,9 @@ def test_serving_continues_during_swap(
     def serve() -> None:
         try:
             while not stop.is_set():
-                with registry.use([Expert.PREDICT, None]) as names, torch.inference_mode():
+                with registry.use([Expert.PREDICT, None]) as names:
                     version = registry.stats()["adapters"][names[0]]["version"]
-                    tokens = registry.model.generate(
-                        input_ids=prompt,
-                        attention_mask=torch.ones_like(prompt),
-                        max_new_tokens=6,
-                        do_sample=False,
-                        adapter_names=names,
-                        pad_token_id=loaded.tokenizer.pad_token_id,
-                    )
+                    tokens = greedy(registry, names, prompt, 6)
                 outputs.append((version, tokens))
         except BaseException as exc:
             errors.append(exc)
@@ -336,15 +329,8 @@ def test_serving_continues_during_swap(
     reference = {}
     for version in versions:
         registry.register(Expert.PREDICT, version.version)
-        with registry.use([Expert.PREDICT, None]) as names, torch.inference_mode():
-            reference[version.version] = registry.model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=6,
-                do_sample=False,
-                adapter_names=names,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-            )
+        with registry.use([Expert.PREDICT, None]) as names:
+            reference[version.version] = greedy(registry, names, prompt, 6)
     assert len({tuple(t[0].tolist()) for t in reference.values()}) == 3  # the versions differ
     seen = {version for version, _ in outputs}
     assert versions[-1].version in seen and len(seen) >= 2

@@ -13,7 +13,7 @@ from engine.adapters import AdapterRegistry
 from engine.api import Expert
 from engine.model_loader import LoadedModel
 from engine.peft_routing import BASE_ADAPTER, ThreadRouting, lock_forward, lora_layers, route_per_thread
-from tests.engine.adapter_helpers import PROMPT, adapter_names, save_adapter
+from tests.engine.adapter_helpers import PROMPT, adapter_names, greedy, save_adapter
 
 
 def test_peft_enters_the_replaced_private_hook_on_forward_and_generate(loaded: LoadedModel) -> None:
@@ -103,15 +103,8 @@ def test_threads_generating_at_once_each_get_their_adapters(
     prompt = PROMPT.repeat(2, 1)
 
     def run(experts: list) -> torch.Tensor:
-        with registry.use(experts) as names, torch.inference_mode():
-            return registry.model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=8,
-                do_sample=False,
-                adapter_names=names,
-                pad_token_id=loaded.tokenizer.pad_token_id,
-            )
+        with registry.use(experts) as names:
+            return greedy(registry, names, prompt, 8)
 
     expected = {key: run(experts) for key, experts in jobs.items()}
     assert not torch.equal(expected["a"], expected["b"])

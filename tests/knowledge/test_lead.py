@@ -103,8 +103,8 @@ def test_no_candidate_no_lead(selector: LeadSelector) -> None:
     assert selector.select("What is trample?", []) is None
 
 
-def test_sentence_embeddings_are_cached_per_passage() -> None:
-    calls: list[int] = []
+def counting_encoder(calls: list[int]):
+    """An encoder that records how many texts each call embeds (all get the same vector)."""
 
     def encode(texts):
         import numpy as np
@@ -112,6 +112,12 @@ def test_sentence_embeddings_are_cached_per_passage() -> None:
         calls.append(len(texts))
         return np.ones((len(texts), 4), dtype=np.float32) / 2
 
+    return encode
+
+
+def test_sentence_embeddings_are_cached_per_passage() -> None:
+    calls: list[int] = []
+    encode = counting_encoder(calls)
     selector = LeadSelector(encode, cache_size=1)
     passage = rule("702.2c", DEATHTOUCH_C)
     selector.select("q", results(passage))
@@ -124,13 +130,7 @@ def test_sentence_embeddings_are_cached_per_passage() -> None:
 
 def test_cache_size_zero_keeps_nothing() -> None:
     calls: list[int] = []
-
-    def encode(texts):
-        import numpy as np
-
-        calls.append(len(texts))
-        return np.ones((len(texts), 4), dtype=np.float32) / 2
-
+    encode = counting_encoder(calls)
     selector = LeadSelector(encode, cache_size=0)
     passage = rule("702.2c", DEATHTOUCH_C)
     first = selector.select("q", results(passage))
